@@ -1,0 +1,119 @@
+"""Each Debugger-style rule fires on a run built to trigger it and stays quiet on a healthy run."""
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from diagnostics_helpers import make_blobs, mlp, run_loop
+from imgclf.diagnostics import rules as R
+
+
+def _run(tmp_path, model, train, valid, **kw):
+    cb = R.RulesCallback(interval=kw.pop("interval", 5), rule_params=kw.pop("rule_params", None),
+                         stop_on=kw.pop("stop_on", ()))
+    ctx = run_loop(model, [cb], train, valid, output_dir=tmp_path, **kw)
+    report = json.loads((tmp_path / R.REPORT_FILE).read_text())
+    return cb, ctx, report
+
+
+def _status(report, rule):
+    return report["rules"][rule]["status"]
+
+
+def test_healthy_run_finds_no_issues(tmp_path, caplog):
+    torch.manual_seed(0)
+    caplog.set_level(logging.INFO, logger="imgclf.diagnostics.rules")
+    cb, ctx, report = _run(tmp_path, mlp(), make_blobs(2048, seed=1), make_blobs(512, seed=2),
+                           epochs=3, batch_size=64, lr=0.003, opt="adam")
+    for rule in R.RULE_CLASSES:
+        assert _status(report, rule) == R.NO_ISSUES_FOUND, (rule, report["rules"][rule])
+        assert report["rules"][rule]["evaluations"] >= 1
+    assert ctx.stop_reason is None
+    assert "rule=Overfit status=NoIssuesFound" in caplog.text
+
+
+def test_loss_not_decreasing_fires_with_lr_far_too_high(tmp_path):
+    torch.manual_seed(0)
+    cb, ctx, report = _run(tmp_path, mlp(), make_blobs(2048, seed=1), make_blobs(256, seed=2),
+                           epochs=1, batch_size=64, lr=50.0)
+    r = report["rules"]["LossNotDecreasing"]
+    assert r["status"] == R.ISSUES_FOUND, r
+    assert r["first_issue"]["step"] >= 9
+
+
+def test_vanishing_gradient_fires_on_deep_sigmoid_net(tmp_path):
+    torch.manual_seed(0)
+    model = mlp(depth=14, hidden=16, act=nn.Sigmoid, kaiming=False)
+    cb, ctx, report = _run(tmp_path, model, make_blobs(256, seed=1), make_blobs(64, seed=2),
+                           epochs=1, batch_size=32, lr=0.01)
+    r = report["rules"]["VanishingGradient"]
+    assert r["status"] == R.ISSUES_FOUND
+    first = r["first_issue"]["values"]
+    assert first["min_mean_abs_gradient"] < 1e-7
+    assert first["min_tensor"].startswith("fc0")   # the layer furthest from the loss
+
+
+def test_overfit_fires_on_tiny_train_set(tmp_path):
+    torch.manual_seed(0)
+    # 12 training samples, a big net: memorises them; validation loss stays high
+    cb, ctx, report = _run(tmp_path, mlp(hidden=256), make_blobs(12, seed=1, noise=3.0),
+                           make_blobs(512, seed=2, noise=3.0), epochs=30, batch_size=12,
+                           lr=0.01, opt="adam")
+    r = report["rules"]["Overfit"]
+    assert r["status"] == R.ISSUES_FOUND
+    assert r["first_issue"]["values"]["ratio"] > 0.1
+
+
+def test_overtraining_fires_and_stops_training_when_asked(tmp_path):
+    torch.manual_seed(0)
+    # validation labels are random: validation loss can never improve
+    cb, ctx, report = _run(tmp_path, mlp(hidden=64), make_blobs(64, seed=1),
+                           make_blobs(128, seed=2, random_labels=True), epochs=40, batch_size=32,
+                           lr=0.01, opt="adam", stop_on=["overtraining"],
+                           # the training loss reaches ~0 and would trip patience_train first
+                           rule_params={"Overtraining": {"patience_train": 1000}})
+    r = report["rules"]["Overtraining"]
+    assert r["status"] == R.ISSUES_FOUND
+    assert r["first_issue"]["values"]["epochs_without_valid_improvement"] >= 10
+    assert ctx.stop_reason and "Overtraining" in ctx.stop_reason
+    assert len(ctx.history) < 40          # stopped early
+    assert report["stop_on"] == ["Overtraining"]
+
+
+def test_poor_weight_initialization_fires_on_huge_init(tmp_path):
+    torch.manual_seed(0)
+    model = mlp(depth=4, hidden=64, init_std=3.0)
+    cb, ctx, report = _run(tmp_path, model, make_blobs(512, seed=1), make_blobs(64, seed=2),
+                           epochs=1, batch_size=32, lr=0.01)
+    r = report["rules"]["PoorWeightInitialization"]
+    assert r["status"] == R.ISSUES_FOUND
+    assert r["first_issue"]["values"]["activation_variance_ratio"] > 10
+    assert r["evaluations"] == 1           # evaluated once, on the first `steps` steps
+    assert cb._act_handles == []           # activation hooks are gone after the window
+
+
+def test_rule_params_override_and_validate():
+    parsed = R.parse_rule_params("overfit.ratio_threshold=0.5, loss_not_decreasing.num_steps=3")
+    assert parsed == {"Overfit": {"ratio_threshold": "0.5"}, "LossNotDecreasing": {"num_steps": "3"}}
+    cores = R.build_cores(parsed)
+    assert cores["Overfit"].params["ratio_threshold"] == 0.5
+    assert cores["LossNotDecreasing"].params["num_steps"] == 3
+    with pytest.raises(ValueError):
+        R.build_cores({"Overfit": {"nope": 1}})
+    with pytest.raises(ValueError):
+        R.canonical_rule_name("dead_relu")
+
+
+def test_loss_not_decreasing_core_windows_and_nan():
+    core = R.LossNotDecreasing(num_steps=2)
+    evs = [core.observe_loss(s, l) for s, l in enumerate([4, 4, 3, 3, 3, 3, 9, 9, math.nan, 1])]
+    got = [(e.step, e.issues) for e in evs if e]
+    # window means 4 | 3 (ok) | 3 (no decrease) | 9 (rose above best) | nan (not finite)
+    assert got == [(3, False), (5, True), (7, True), (9, True)]
+    assert "not finite" in core.evaluations[-1].message
+    line = core.evaluations[0].log_line()
+    assert line.startswith("rule=LossNotDecreasing status=NoIssuesFound step=3 ")
