@@ -49,8 +49,6 @@ def option(group, name: str, **kwargs) -> None:
     flags = [f"--{name}"]
     if "-" in name:
         flags.append(f"--{name.replace('-', '_')}")
-    if "help" in kwargs and "default" in kwargs and "%(default)" not in kwargs["help"]:
-        kwargs["help"] += " (default: %(default)s)"
     group.add_argument(*flags, dest=name.replace("-", "_"), **kwargs)
 
 

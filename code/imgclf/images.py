@@ -36,7 +36,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         a = np.asarray(img, dtype=np.float32)
         lo, hi = float(a.min()), float(a.max())
         a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        return Image.fromarray(a.astype("uint8"), "L").convert("RGB")
+        return Image.fromarray(np.rint(a).astype("uint8")).convert("RGB")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -1,0 +1,263 @@
+"""Fast unit tests of the training package: config, data discovery, images, models, metrics."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import COLORS, write_color_images
+from imgclf import metrics
+from imgclf.artifact import ArtifactError, ModelMeta, load_artifact, read_meta, save_artifact
+from imgclf.config import SEED_SEARCH_SPACE, build_parser, parse_args
+from imgclf.data import build_samples, display_name, resolve_splits
+from imgclf.failure import TrainingError
+from imgclf.images import ImageDecodeError, decode_image
+from imgclf.models import ModelError, build_model, head_parameter_names
+from imgclf.training import make_scheduler
+
+
+# ---- metrics: one regex module for SageMaker MetricDefinitions --------------------------------
+
+def test_metric_lines_round_trip_through_the_definitions():
+    log = "\n".join([metrics.format_epoch_line(1, 2.5, 2.25, 0.125, 12.5, 456.7),
+                     metrics.format_epoch_line(2, 1.5, 1.75, 0.5, 11.0, 500.0),
+                     metrics.format_test_line(1.2345, 0.75)])
+    found = metrics.parse_metrics(log)
+    assert found["train_loss"] == [2.5, 1.5]
+    assert found["valid_loss"] == [2.25, 1.75]
+    assert found["valid_acc"] == [0.125, 0.5]
+    assert found["epoch_time"] == [12.5, 11.0]
+    assert found["images_per_sec"] == [456.7, 500.0]
+    assert found["average test loss"] == [1.2345]
+    assert found["test_acc"] == [0.75]
+    names = [d["Name"] for d in metrics.METRIC_DEFINITIONS]
+    assert metrics.OBJECTIVE_METRIC in names and len(names) == len(set(names))
+
+
+def test_metric_regexes_do_not_confuse_test_loss_with_valid_loss():
+    assert "valid_loss" not in metrics.parse_metrics(metrics.format_test_line(0.5, 0.5))
+    assert "average test loss" not in metrics.parse_metrics(
+        metrics.format_epoch_line(1, 1, 1, 1, 1, 1))
+
+
+# ---- config --------------------------------------------------------------------------------
+
+def test_both_spellings_and_sagemaker_booleans():
+    a = parse_args(["--batch_size", "256", "--lr", "0.003", "--freeze_backbone", "True",
+                    "--label-smoothing", "0.1", "--image_size", "64"])
+    assert (a.batch_size, a.lr, a.freeze_backbone, a.label_smoothing, a.image_size) == (256, 0.003, True, 0.1, 64)
+    assert parse_args(["--batch-size", "128", "--freeze-backbone", "false"]).freeze_backbone is False
+
+
+def test_tuning_hyperparameters_of_sagemaker_are_tolerated():
+    a = parse_args(["--_tuning_objective_metric", "average test loss", "--epochs", "2"])
+    assert a.epochs == 2
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--lr", "-1"], "lr must be > 0"),
+    (["--batch-size", "0"], "batch-size"),
+    (["--epochs", "zero"], "epochs"),
+    (["--optimizer", "lbfgs"], "optimizer"),
+    (["--label-smoothing", "1.5"], "label-smoothing"),
+    (["--freeze-backbone", "maybe"], "boolean"),
+    (["--no-such-flag", "1"], "unknown option"),
+])
+def test_bad_hyperparameters_raise_a_clear_error(argv, needle):
+    with pytest.raises(TrainingError, match="bad hyperparameter") as e:
+        parse_args(argv)
+    assert needle in str(e.value)
+
+
+def test_help_states_defaults_and_seed_space():
+    text = " ".join(build_parser().format_help().split())
+    assert "(default: resnet18)" in text and "(default: 128)" in text
+    assert SEED_SEARCH_SPACE["batch-size"]["values"] == [128, 256, 512]
+    assert (SEED_SEARCH_SPACE["lr"]["min"], SEED_SEARCH_SPACE["lr"]["max"]) == (0.001, 0.01)
+
+
+def test_sm_variables_are_path_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("SM_CHANNEL_TRAIN", str(tmp_path / "tr"))
+    monkeypatch.setenv("SM_CHANNEL_VALIDATION", str(tmp_path / "va"))
+    monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "m"))
+    a = parse_args([])
+    assert (a.train_dir, a.valid_dir, a.model_dir) == (str(tmp_path / "tr"), str(tmp_path / "va"), str(tmp_path / "m"))
+
+
+# ---- data discovery ---------------------------------------------------------------------------
+
+def test_one_folder_with_validation_alias_and_mixed_case_extensions(tmp_path):
+    write_color_images(tmp_path, COLORS, {"train": 2, "test": 1}, size=8, ext=".JPG")
+    write_color_images(tmp_path / "x", COLORS, {"validation": 1}, size=8, ext=".Png")
+    (tmp_path / "x" / "validation").rename(tmp_path / "validation")
+    (tmp_path / "train" / "001.Red" / "notes.txt").write_text("not an image")
+    splits = resolve_splits(str(tmp_path), None, None, None)
+    assert splits.valid.endswith("validation")
+    classes, samples = build_samples(splits)
+    assert classes == sorted(COLORS)
+    assert len(samples["train"]) == 6 and len(samples["valid"]) == 3 and len(samples["test"]) == 3
+
+
+def test_a_class_missing_from_valid_is_fine_but_an_extra_one_is_not(tmp_path):
+    write_color_images(tmp_path, COLORS, {"train": 2, "test": 1}, size=8)
+    write_color_images(tmp_path, {"001.Red": (255, 0, 0)}, {"valid": 1}, size=8)
+    classes, samples = build_samples(resolve_splits(str(tmp_path), None, None, None))
+    assert len(classes) == 3 and {y for _, y in samples["valid"]} == {0}
+    write_color_images(tmp_path, {"004.Purple": (128, 0, 128)}, {"test": 1}, size=8)
+    with pytest.raises(TrainingError, match="test has classes that train lacks: 004.Purple"):
+        build_samples(resolve_splits(str(tmp_path), None, None, None))
+
+
+@pytest.mark.parametrize("layout,needle", [
+    ({}, "no train/ folder"),
+    ({"train": 1}, "no validation data"),
+])
+def test_missing_splits_are_named(tmp_path, layout, needle):
+    write_color_images(tmp_path, COLORS, layout, size=8)
+    with pytest.raises(TrainingError, match=needle):
+        resolve_splits(str(tmp_path), None, None, None)
+
+
+def test_empty_train_and_single_class_are_refused(tmp_path):
+    (tmp_path / "train" / "001.Empty").mkdir(parents=True)
+    write_color_images(tmp_path, COLORS, {"valid": 1}, size=8)
+    with pytest.raises(TrainingError, match="no class folders with images"):
+        build_samples(resolve_splits(str(tmp_path), None, None, None))
+    write_color_images(tmp_path, {"001.Red": (255, 0, 0)}, {"train": 2}, size=8)
+    with pytest.raises(TrainingError, match="at least 2"):
+        build_samples(resolve_splits(str(tmp_path), None, None, None))
+
+
+def test_no_data_at_all_names_both_ways_to_give_it():
+    with pytest.raises(TrainingError, match="SM_CHANNEL_TRAIN.*SM_CHANNEL_TRAINING"):
+        resolve_splits(None, None, None, None)
+
+
+def test_display_names():
+    assert display_name("001.Affenpinscher") == "Affenpinscher"
+    assert display_name("Golden_Retriever") == "Golden_Retriever"
+
+
+# ---- images: the ugly cases -------------------------------------------------------------------
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "JPEG"), ("CMYK", "JPEG"), ("RGBA", "PNG"),
+                                      ("P", "PNG"), ("I;16", "PNG"), ("LA", "PNG"), ("1", "PNG")])
+def test_every_mode_decodes_to_rgb(mode, fmt):
+    img = Image.new("RGB", (20, 10), (200, 50, 50)).convert(mode)
+    out = decode_image(_encode(img, fmt))
+    assert out.mode == "RGB" and out.size == (20, 10)
+
+
+def test_sixteen_bit_range_is_scaled_not_clipped():
+    a = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 600)
+    out = np.asarray(decode_image(_encode(Image.fromarray(a), "PNG")))
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_transparent_pixels_become_white():
+    img = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert decode_image(_encode(img, "PNG")).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (30, 10), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    assert decode_image(_encode(img, "JPEG", exif=exif)).size == (10, 30)
+
+
+def test_truncated_empty_garbage_and_bombs_raise_decode_errors(monkeypatch):
+    good = _encode(Image.new("RGB", (64, 64), (9, 9, 9)), "JPEG")
+    for data, needle in [(good[: len(good) // 2], "cannot decode"), (b"", "empty"),
+                         (b"not an image at all", "not a recognised image")]:
+        with pytest.raises(ImageDecodeError, match=needle):
+            decode_image(data)
+    import imgclf.images
+    monkeypatch.setattr(imgclf.images, "MAX_PIXELS", 1000)
+    with pytest.raises(ImageDecodeError, match="over the limit"):
+        decode_image(good)
+
+
+# ---- models -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "squeezenet1_1", "googlenet"])
+def test_any_torchvision_arch_gets_an_n_class_head(arch):
+    m = build_model(arch, 5, freeze_backbone=True).eval()
+    assert m(torch.zeros(1, 3, 64, 64)).shape == (1, 5)
+    assert {n for n, p in m.named_parameters() if p.requires_grad} == head_parameter_names(m)
+
+
+def test_unknown_arch_and_bad_weights_are_explained(tmp_path):
+    with pytest.raises(ModelError, match="unknown architecture 'resnet19'"):
+        build_model("resnet19", 3)
+    with pytest.raises(ModelError, match="does not exist"):
+        build_model("resnet18", 3, weights=str(tmp_path / "nope.pt"))
+    torch.save(build_model("mobilenet_v3_small", 3).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ModelError, match="do not fit"):
+        build_model("resnet18", 3, weights=str(tmp_path / "other.pt"))
+
+
+def test_imagenet_shaped_state_dict_loads_offline_with_a_new_head(tmp_path):
+    src = build_model("resnet18", 1000)
+    torch.save(src.state_dict(), tmp_path / "resnet18-imagenet.pth")
+    m = build_model("resnet18", 7, weights=str(tmp_path))  # a 'pretrained' channel folder
+    assert torch.equal(m.conv1.weight, src.conv1.weight) and m.fc.out_features == 7
+
+
+def test_imagenet_download_failure_names_the_offline_alternatives(monkeypatch, tmp_path):
+    import torch.hub
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(ModelError) as e:
+        build_model("resnet18", 3, weights="imagenet")
+    assert "--weights PATH" in str(e.value) and "pretrained" in str(e.value) and "--weights none" in str(e.value)
+
+
+# ---- artifact ---------------------------------------------------------------------------------
+
+def test_artifact_round_trip_and_corruption(tmp_path):
+    model = build_model("resnet18", 3).eval()
+    save_artifact(str(tmp_path), model.state_dict(), ModelMeta(arch="resnet18", classes=["a", "b", "c"], image_size=64, resize_size=73))
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["num_classes"] == 3 and meta["versions"]["torch"] == torch.__version__
+    loaded, m = load_artifact(str(tmp_path))
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(loaded(x), model(x)) and m.image_size == 64
+    (tmp_path / "model.pt").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="cannot be read"):
+        load_artifact(str(tmp_path))
+    (tmp_path / "model.json").write_text('{"arch": "resnet18", "classes": ["a"], "num_classes": 2}')
+    with pytest.raises(ArtifactError, match="num_classes=2"):
+        read_meta(str(tmp_path))
+
+
+# ---- schedule ---------------------------------------------------------------------------------
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    args = parse_args(["--epochs", "4", "--lr", "0.1", "--warmup-epochs", "1"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr)
+    sched = make_scheduler(opt, args, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01) and max(lrs) == pytest.approx(0.1)
+    assert lrs.index(max(lrs)) == 9 and lrs[-1] < 0.001
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[10:], lrs[11:]))
+    assert not any(math.isnan(x) for x in lrs)
