@@ -47,3 +47,50 @@ sample-data: $(STAMP) ## build the small real sample set (Fashion-MNIST as JPEGs
 .PHONY: bench-train
 bench-train: $(STAMP) sample-data ## images/s: train.py pipeline vs in-memory tensors vs a naive course loop
 	$(PY) scripts/bench_train.py --data-dir $(SAMPLE_DIR)
+
+# --- The image and local mode (container/Dockerfile, docker-compose.yml, scripts/local.sh) ---
+# /usr/bin/docker first: Debian's client has BuildKit built in (a /usr/local/bin one may lack buildx).
+DOCKER      ?= $(shell command -v /usr/bin/docker || command -v docker || echo docker)
+IMAGE_REPO  ?= imgclf-sagemaker
+IMAGE_TAG   ?= $(shell git describe --always --dirty --abbrev=12 2>/dev/null || echo dev)
+IMAGE       ?= $(IMAGE_REPO):$(IMAGE_TAG)
+BASE_IMAGE  ?= debian:bookworm-slim
+# Extra CA bundle for pip inside the build (TLS-intercepting proxy), passed as a BuildKit secret.
+PIP_CA      ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
+PIP_INDEX   ?=
+BUILD_ARGS  ?=
+JOB_DIR     ?= local/train
+HOSTS       ?= 1
+HP          ?= epochs=2 weights=none
+GPU         ?=
+COMMA       := ,
+LOCAL_ENV    = IMGCLF_IMAGE=$(IMAGE) DATA_DIR=$(SAMPLE_DIR) JOB_DIR=$(JOB_DIR) HOSTS=$(HOSTS) HP="$(HP)" GPU=$(GPU) DOCKER=$(DOCKER)
+
+.PHONY: image-name
+image-name: ## print the local image tag (git SHA; other tools read it)
+	@echo $(IMAGE)
+
+.PHONY: build
+build: ## build the image from container/Dockerfile, tagged $(IMAGE) (bootstraps the base image if missing)
+	DOCKER=$(DOCKER) bash scripts/bootstrap_base_image.sh $(BASE_IMAGE)
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f container/Dockerfile -t $(IMAGE) \
+	  --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg VCS_REF=$(IMAGE_TAG) \
+	  $(if $(PIP_CA),--secret id=pip_ca$(COMMA)src=$(PIP_CA)) $(if $(PIP_INDEX),--build-arg PIP_INDEX=$(PIP_INDEX)) \
+	  $(BUILD_ARGS) .
+
+.PHONY: local-train
+local-train: ## train in the image via docker-compose on SAMPLE_DIR (HOSTS=2: two-host DDP; HP="epochs=3 arch=..."; GPU=1)
+	$(LOCAL_ENV) bash scripts/local.sh train
+
+.PHONY: local-serve
+local-serve: ## serve the model from local-train on 127.0.0.1:8080 (docker-compose, detached)
+	$(LOCAL_ENV) bash scripts/local.sh serve
+
+.PHONY: local-invoke
+local-invoke: ## send FILE=img.jpg to the local endpoint and print the top-k
+	@test -n "$(FILE)" || { echo "usage: make local-invoke FILE=img.jpg"; exit 2; }
+	python3 scripts/local_mode.py invoke $(FILE)
+
+.PHONY: local-down
+local-down: ## stop and remove the local-mode containers
+	$(LOCAL_ENV) bash scripts/local.sh down
