@@ -18,15 +18,24 @@ import re
 
 _NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
 
+# Each regex carries the line's prefix, so values that other log lines mention (a rule that
+# logs "train_loss=...") are never read as metrics.
+_EPOCH = r"epoch=\d+ train_loss="
+_VALID = _EPOCH + r"\S+ valid_loss="
+_ACC = _VALID + r"\S+ valid_acc="
+_TIME = _ACC + r"\S+ epoch_time="
+_RATE = _TIME + r"\S+ images_per_sec="
+_TEST = r"average test loss="
+
 #: metric name -> regex with one capture group (SageMaker's MetricDefinitions format).
 METRIC_REGEXES: dict[str, str] = {
-    "train_loss": r"train_loss=" + _NUM,
-    "valid_loss": r"valid_loss=" + _NUM,
-    "valid_acc": r"valid_acc=" + _NUM,
-    "epoch_time": r"epoch_time=" + _NUM + r"s",
-    "images_per_sec": r"images_per_sec=" + _NUM,
-    "average test loss": r"average test loss=" + _NUM,
-    "test_acc": r"test_acc=" + _NUM,
+    "train_loss": _EPOCH + _NUM,
+    "valid_loss": _VALID + _NUM,
+    "valid_acc": _ACC + _NUM,
+    "epoch_time": _TIME + _NUM + r"s",
+    "images_per_sec": _RATE + _NUM,
+    "average test loss": _TEST + _NUM,
+    "test_acc": _TEST + r"\S+ test_acc=" + _NUM,
 }
 
 #: The tuning objective of the seed project (minimised).
