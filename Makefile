@@ -91,6 +91,16 @@ local-invoke: ## send FILE=img.jpg to the local endpoint and print the top-k
 	@test -n "$(FILE)" || { echo "usage: make local-invoke FILE=img.jpg"; exit 2; }
 	python3 scripts/local_mode.py invoke $(FILE)
 
+# --- SageMaker operator CLI (scripts/smctl; README "SageMaker") ---
+# IMAGE=tag on the command line pushes that existing image without building.
+SMCTL       ?= $(PY) -m smctl
+REGISTRY    ?=
+PUSH_LATEST ?=
+
+.PHONY: build-push
+build-push: $(if $(filter command line environment,$(origin IMAGE)),,build) ## push $(IMAGE) to ECR tagged with the git SHA, print the URI (REGISTRY=host:port: another registry; IMAGE=tag: no build; PUSH_LATEST=1)
+	DOCKER=$(DOCKER) $(SMCTL) build-push --image "$(IMAGE)" $(if $(REGISTRY),--registry "$(REGISTRY)") $(if $(PUSH_LATEST),--latest)
+
 .PHONY: local-down
 local-down: ## stop and remove the local-mode containers
 	$(LOCAL_ENV) bash scripts/local.sh down

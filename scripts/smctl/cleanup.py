@@ -1,0 +1,94 @@
+"""``smctl cleanup``: delete an endpoint, its endpoint config and its model(s); asks unless --yes.
+
+An endpoint bills by the hour while it exists, whether it answers requests or not.
+
+    smctl cleanup --endpoint imgclf-dogs --yes
+"""
+
+from __future__ import annotations
+
+import sys
+
+from smctl.aws import Api
+from smctl.config import Settings, load_state
+from smctl.errors import SmctlError
+
+
+def add_parser(sub, parents) -> None:
+    p = sub.add_parser("cleanup", parents=parents,
+                       help="delete an endpoint, its endpoint config and model(s)")
+    p.add_argument("--endpoint", dest="endpoint_name", help="endpoint name (or endpoint_name setting)")
+    p.add_argument("--keep-model", action="store_true", help="delete endpoint + config only")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=run_cleanup)
+
+
+def confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def _not_found(exc) -> bool:
+    err = getattr(exc, "response", {}).get("Error", {})
+    return err.get("Code") == "ValidationException" and \
+        "could not find" in err.get("Message", "").lower()
+
+
+def run_cleanup(args, settings: Settings, api: Api) -> int:
+    endpoint = settings.endpoint_name or load_state().get("endpoint")
+    if not endpoint:
+        settings.require("endpoint_name", "endpoint to delete")
+    if api.dry_run:
+        api.call("sagemaker", "describe_endpoint", EndpointName=endpoint)
+        api.call("sagemaker", "describe_endpoint_config",
+                 EndpointConfigName="<EndpointConfigName from DescribeEndpoint>")
+        api.call("sagemaker", "delete_endpoint", EndpointName=endpoint)
+        api.call("sagemaker", "delete_endpoint_config",
+                 EndpointConfigName="<EndpointConfigName from DescribeEndpoint>")
+        if not args.keep_model:
+            api.call("sagemaker", "delete_model",
+                     ModelName="<ModelName of each ProductionVariant>")
+        return 0
+
+    from botocore.exceptions import ClientError
+    try:
+        desc = api.call("sagemaker", "describe_endpoint", EndpointName=endpoint)
+    except ClientError as e:
+        if _not_found(e):
+            raise SmctlError(f"endpoint {endpoint} does not exist in {api.region}",
+                             "nothing to delete; check --endpoint and --region") from None
+        raise
+    config_name = desc["EndpointConfigName"]
+    models: list[str] = []
+    try:
+        config = api.call("sagemaker", "describe_endpoint_config", EndpointConfigName=config_name)
+        models = [v["ModelName"] for v in config.get("ProductionVariants", [])]
+    except ClientError as e:
+        if not _not_found(e):
+            raise
+    plan = [f"endpoint {endpoint} ({desc.get('EndpointStatus')})", f"endpoint config {config_name}"]
+    if not args.keep_model:
+        plan += [f"model {m}" for m in models]
+    print("will delete:\n  " + "\n  ".join(plan))
+    if not args.yes and not confirm("delete these?"):
+        print("nothing deleted (pass --yes to skip this question)")
+        return 1
+
+    api.call("sagemaker", "delete_endpoint", EndpointName=endpoint)
+    print(f"deleted endpoint {endpoint}")
+    for call, kw, what in ([("delete_endpoint_config", {"EndpointConfigName": config_name},
+                             f"endpoint config {config_name}")]
+                           + ([] if args.keep_model else
+                              [("delete_model", {"ModelName": m}, f"model {m}") for m in models])):
+        try:
+            api.call("sagemaker", call, **kw)
+            print(f"deleted {what}")
+        except ClientError as e:
+            if not _not_found(e):
+                raise
+            print(f"{what} was already gone")
+    return 0
