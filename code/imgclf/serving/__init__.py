@@ -1,0 +1,13 @@
+"""Serving on SageMaker hosting: multi-model-server (MMS) through sagemaker-inference.
+
+One module per concern of the serving contract:
+
+- ``settings``         environment variables with named defaults (port, workers, limits, paths)
+- ``content_types``    accepted request types, ``Accept`` negotiation, custom attributes
+- ``errors``           exceptions mapped to HTTP status codes (400/406/413/415)
+- ``handler``          ``model_fn`` / ``input_fn`` / ``predict_fn`` / ``output_fn``
+- ``transformer``      the toolkit ``Transformer`` wired to ``handler``, short JSON errors
+- ``handler_service``  the one class MMS loads in each worker
+- ``gate``             the HTTP front on the public port: /ping 503 until every worker is warm
+- ``server``           ``python -m imgclf.serving.server``: pre-flight check, MMS, signals
+"""

@@ -1,0 +1,267 @@
+"""The SageMaker inference contract: ``model_fn``, ``input_fn``, ``predict_fn``, ``output_fn``.
+
+The network is rebuilt from the artifact's ``model.json`` (:func:`imgclf.artifact.load_artifact`)
+and images go through the same preprocessing as evaluation in training
+(:mod:`imgclf.transforms`). Every function takes an optional MMS ``context``; the toolkit passes
+it when the signature has room for it.
+
+Request bodies (``Content-Type``):
+
+- ``image/jpeg``, ``image/png``, any ``image/*``, ``application/x-image``,
+  ``application/octet-stream``: one raw image, format sniffed from the bytes;
+- ``application/json``: a base64 string, a list of them, or an object
+  ``{"image": b64}`` / ``{"images": [b64, ...]}`` / ``{"instances": [b64 | {"b64": b64}, ...]}``
+  with an optional ``"topk"``. ``data:image/...;base64,`` prefixes are accepted. All images of
+  one request run as one batch.
+
+Top-k: the JSON ``topk`` field, else ``topk=K`` in the ``X-Amzn-SageMaker-Custom-Attributes``
+header, else ``IMGCLF_DEFAULT_TOPK`` (5); capped at the number of classes.
+
+Response (``application/json``), one entry per image, in request order::
+
+    {"predictions": [{"label": "red", "index": 0, "probability": 0.97,
+                      "topk": [{"label": "red", "index": 0, "probability": 0.97}, ...]}]}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from imgclf.artifact import ArtifactError, ModelMeta, load_artifact
+from imgclf.images import ImageDecodeError
+from imgclf.serving import content_types, settings
+from imgclf.serving.errors import BadRequest, PayloadTooLarge
+from imgclf.transforms import eval_transform, load_uint8, normalize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    """What ``model_fn`` returns: the eval-mode network plus what is needed to feed it."""
+
+    model: torch.nn.Module
+    meta: ModelMeta
+    device: torch.device
+    transform: object = field(repr=False, default=None)
+
+    def __post_init__(self):
+        if self.transform is None:
+            self.transform = eval_transform(self.meta.image_size, self.meta.resize_size)
+
+
+@dataclass
+class InferenceRequest:
+    """What ``input_fn`` returns: raw image bytes (decoded in ``predict_fn``) and top-k."""
+
+    images: list[bytes]
+    topk: int | None = None
+
+
+@dataclass
+class Prediction:
+    probabilities: torch.Tensor  # (N, C) on CPU
+    classes: list[str]
+    topk: int
+
+
+# ---------------------------------------------------------------------------------- model_fn
+def _device(context) -> torch.device:
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    gpu_id = None
+    if context is not None:
+        gpu_id = (getattr(context, "system_properties", None) or {}).get("gpu_id")
+    return torch.device(f"cuda:{int(gpu_id or 0)}")
+
+
+def load_model(model_dir: str, device: str | torch.device = "cpu", warm: bool = True) -> ServedModel:
+    """Load the artifact and, with ``warm``, run the whole pipeline once on a synthetic image.
+
+    Warming pays the lazy costs (first forward, allocator, codec imports, cuDNN autotune) here,
+    at worker start, not in the first request.
+    """
+    threads = os.environ.get("IMGCLF_TORCH_THREADS")
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+    model, meta = load_artifact(model_dir, str(device))
+    served = ServedModel(model, meta, torch.device(device))
+    if warm:
+        check_model(served)
+    return served
+
+
+def model_fn(model_dir: str, context=None) -> ServedModel:
+    served = load_model(model_dir, _device(context))
+    mark_ready()
+    return served
+
+
+#: Set by ``serve``: each MMS worker leaves ``<pid>.ready`` there once its model is loaded and
+#: warm. MMS itself reports workers healthy before they have loaded anything.
+READY_DIR_ENV = "IMGCLF_READY_DIR"
+
+
+def mark_ready() -> None:
+    ready_dir = os.environ.get(READY_DIR_ENV)
+    if ready_dir:
+        path = os.path.join(ready_dir, f"{os.getpid()}.ready")
+        with open(path + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(path + ".tmp", path)
+
+
+def ready_workers(ready_dir: str) -> list[int]:
+    """PIDs of workers that marked themselves ready and are still alive."""
+    pids = []
+    for name in os.listdir(ready_dir) if os.path.isdir(ready_dir) else []:
+        if name.endswith(".ready") and name[:-6].isdigit():
+            pid = int(name[:-6])
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                pass
+            pids.append(pid)
+    return pids
+
+
+def synthetic_jpeg(size: int = 256, color=(128, 64, 32)) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def check_model(served: ServedModel) -> dict:
+    """Run a synthetic JPEG through input_fn -> predict_fn -> output_fn; raise ArtifactError if
+    the output does not have one finite probability per class."""
+    try:
+        request = input_fn(synthetic_jpeg(max(64, served.meta.resize_size)), content_types.JPEG)
+        prediction = predict_fn(request, served)
+    except Exception as e:
+        raise ArtifactError(f"the model does not run on a {served.meta.image_size}px image: "
+                            f"{type(e).__name__}: {str(e)[:300]}") from e
+    probs = prediction.probabilities
+    if probs.shape != (1, served.meta.num_classes) or not torch.isfinite(probs).all():
+        raise ArtifactError(f"the model gives output of shape {tuple(probs.shape)} (or non-finite "
+                            f"values) for {served.meta.num_classes} classes")
+    return json.loads(output_fn(prediction, content_types.JSON)[0])
+
+
+# ---------------------------------------------------------------------------------- input_fn
+def _request_headers(context) -> dict:
+    try:
+        return context.request_processor[0].get_request_properties() or {}
+    except (AttributeError, IndexError, TypeError):
+        return {}
+
+
+def _b64(item, where: str) -> bytes:
+    if isinstance(item, dict):
+        item = item.get("b64", item.get("image"))
+    if not isinstance(item, str):
+        raise BadRequest(f"{where}: expected a base64 string, got {type(item).__name__}")
+    if item.startswith("data:"):
+        item = item.partition(",")[2]
+    try:
+        data = base64.b64decode("".join(item.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{where}: not valid base64") from None
+    if not data:
+        raise BadRequest(f"{where}: empty image")
+    return data
+
+
+def _parse_json(body) -> tuple[list[bytes], int | None]:
+    try:
+        doc = json.loads(body)
+    except UnicodeDecodeError:
+        raise BadRequest("JSON body is not UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    topk = None
+    if isinstance(doc, dict):
+        if "topk" in doc:
+            topk = content_types.parse_topk(doc["topk"], "JSON field topk")
+        keys = [k for k in ("images", "instances", "image") if k in doc]
+        if len(keys) != 1:
+            raise BadRequest('JSON object needs exactly one of "image", "images", "instances"')
+        doc = doc[keys[0]]
+    items = doc if isinstance(doc, list) else [doc]
+    if not items:
+        raise BadRequest("JSON lists no images")
+    if len(items) > settings.max_images():
+        raise PayloadTooLarge(f"{len(items)} images in one request; the limit is "
+                              f"{settings.max_images()} (IMGCLF_MAX_IMAGES)")
+    return [_b64(item, f"image {i}") for i, item in enumerate(items)], topk
+
+
+def input_fn(input_data, content_type: str | None, context=None) -> InferenceRequest:
+    """Parse the body into raw images and top-k; 400/413/415 on bad input (see module doc)."""
+    if input_data is None or len(input_data) == 0:
+        raise BadRequest("empty request body")
+    if isinstance(input_data, bytes) and len(input_data) > settings.max_payload_bytes():
+        raise PayloadTooLarge(f"body of {len(input_data)} bytes is over the limit of "
+                              f"{settings.max_payload_bytes()} (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+    kind = content_types.request_kind(content_type)
+    if kind == "image" and content_types.media_type(content_type) == content_types.OCTET_STREAM:
+        head = bytes(input_data[:64]).lstrip() if not isinstance(input_data, str) else input_data
+        if head[:1] in (b"{", b"[", b'"', "{", "[", '"'):
+            kind = "json"  # sniffed: a JSON document sent as octet-stream
+    headers = _request_headers(context)
+    content_types.negotiate(content_types.header(headers, "Accept"))  # 406 before any work
+    header_k = content_types.topk_from_custom_attributes(
+        content_types.header(headers, content_types.CUSTOM_ATTRIBUTES_HEADER))
+    if kind == "json":
+        images, topk = _parse_json(input_data)
+        return InferenceRequest(images, topk if topk is not None else header_k)
+    if isinstance(input_data, str):
+        input_data = input_data.encode("latin-1", errors="replace")
+    return InferenceRequest([bytes(input_data)], header_k)
+
+
+# -------------------------------------------------------------------------------- predict_fn
+def preprocess(images: list[bytes], served: ServedModel) -> torch.Tensor:
+    """Decode, resize, crop and normalise exactly as evaluation does (uint8 batch, then float)."""
+    meta = served.meta
+    tensors = []
+    for i, data in enumerate(images):
+        try:
+            tensors.append(load_uint8(data, served.transform, draft_size=meta.resize_size))
+        except ImageDecodeError as e:
+            where = f"image {i}: " if len(images) > 1 else ""
+            raise BadRequest(f"{where}{e}") from None
+    batch = torch.stack(tensors).to(served.device, non_blocking=True)
+    return normalize(batch, meta.mean, meta.std)
+
+
+def predict_fn(data: InferenceRequest, model: ServedModel, context=None) -> Prediction:
+    batch = preprocess(data.images, model)
+    with torch.inference_mode():
+        logits = model.model(batch)
+    probs = torch.softmax(logits.float(), dim=1).cpu()
+    k = data.topk if data.topk is not None else settings.default_topk()
+    return Prediction(probs, model.meta.classes, min(k, len(model.meta.classes)))
+
+
+# --------------------------------------------------------------------------------- output_fn
+def output_fn(prediction: Prediction, accept: str | None, context=None) -> tuple[str, str]:
+    """Serialise per-image top-k; returns ``(body, content_type)``; 406 for an unmet Accept."""
+    response_type = content_types.negotiate(accept)
+    values, indices = prediction.probabilities.topk(prediction.topk, dim=1)
+    out = []
+    for vals, idxs in zip(values.tolist(), indices.tolist()):
+        top = [{"label": prediction.classes[i], "index": i, "probability": round(v, 6)}
+               for v, i in zip(vals, idxs)]
+        out.append({**top[0], "topk": top})
+    return json.dumps({"predictions": out}), response_type

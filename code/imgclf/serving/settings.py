@@ -1,0 +1,88 @@
+"""Serving settings, each from an environment variable with a named default.
+
+The SageMaker variables (``SAGEMAKER_*``) keep the meaning the inference toolkit gives them;
+``IMGCLF_*`` ones are this project's. Everything has a default that works on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_MODEL_DIR = "/opt/ml/model"
+DEFAULT_PORT = 8080
+DEFAULT_BIND_HOST = "0.0.0.0"  # SageMaker sends /ping and /invocations to port 8080 from outside
+DEFAULT_TIMEOUT_S = 60  # SAGEMAKER_MODEL_SERVER_TIMEOUT, the toolkit's default
+DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker real-time invocation payload limit
+DEFAULT_TOPK = 5
+DEFAULT_MAX_IMAGES = 64  # images in one JSON request (one batch)
+DEFAULT_STARTUP_TIMEOUT_S = 600  # SAGEMAKER_STARTUP_TIMEOUT: MMS start + every worker warm
+DEFAULT_VMARGS = "-XX:-UseContainerSupport"  # the toolkit's default JVM arguments
+
+
+def _int(name: str, default: int | None) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+
+def model_dir() -> str:
+    """``SM_MODEL_DIR`` if set (host runs and tests), else /opt/ml/model."""
+    return os.environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR
+
+
+def default_topk() -> int:
+    return _int("IMGCLF_DEFAULT_TOPK", DEFAULT_TOPK)
+
+
+def max_images() -> int:
+    return _int("IMGCLF_MAX_IMAGES", DEFAULT_MAX_IMAGES)
+
+
+def max_payload_bytes() -> int:
+    return _int("SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB) * 1024 * 1024
+
+
+@dataclass
+class ServerSettings:
+    """What ``serve`` needs, read once at start (see README "Serving" for each variable)."""
+
+    model_dir: str
+    port: int
+    bind_host: str
+    workers: int | None  # None: computed from CPUs/GPUs and model size
+    timeout_s: int
+    max_payload_bytes: int
+    startup_timeout_s: int
+    vmargs: str
+    run_dir: str | None  # MMS config, JVM temp dir and worker sockets; None: a fresh temp dir
+    mms_config_file: str | None  # None: <run_dir>/mms.properties
+    safe_port_range: tuple[int, int] | None  # where internal ports may be taken
+
+    @classmethod
+    def from_env(cls) -> "ServerSettings":
+        workers = _int("SAGEMAKER_MODEL_SERVER_WORKERS", None)
+        if workers is not None and workers < 1:
+            raise ValueError(f"SAGEMAKER_MODEL_SERVER_WORKERS={workers} must be >= 1")
+        spr = os.environ.get("SAGEMAKER_SAFE_PORT_RANGE", "").strip()
+        safe = None
+        if spr:
+            lo, _, hi = spr.partition("-")
+            safe = (int(lo), int(hi or lo))
+        return cls(
+            model_dir=model_dir(),
+            port=_int("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT),
+            bind_host=os.environ.get("IMGCLF_BIND_HOST") or DEFAULT_BIND_HOST,
+            workers=workers,
+            timeout_s=_int("SAGEMAKER_MODEL_SERVER_TIMEOUT", DEFAULT_TIMEOUT_S),
+            max_payload_bytes=max_payload_bytes(),
+            startup_timeout_s=_int("SAGEMAKER_STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT_S),
+            vmargs=os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", DEFAULT_VMARGS),
+            run_dir=os.environ.get("IMGCLF_SERVE_RUN_DIR") or None,
+            mms_config_file=os.environ.get("IMGCLF_MMS_CONFIG_FILE") or None,
+            safe_port_range=safe,
+        )

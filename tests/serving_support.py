@@ -1,0 +1,64 @@
+"""Shared by the serving tests and scripts/bench_serve.py: a tiny model that really classifies
+solid red/green/blue images, trained in-process in a few seconds, and test images."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imgclf.artifact import ModelMeta, save_artifact
+from imgclf.models import build_model
+from imgclf.transforms import eval_transform, load_uint8, normalize
+
+CLASSES = ["red", "green", "blue"]
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+IMAGE_SIZE, RESIZE_SIZE = 32, 36
+
+
+def color_image(name: str, size=(48, 40), seed: int = 0, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = np.array(COLORS[name], dtype=np.int16)
+    noise = rng.integers(-25, 26, size=(size[1], size[0], 3))
+    img = Image.fromarray(np.clip(base + noise, 0, 255).astype("uint8"), "RGB")
+    return img if mode == "RGB" else img.convert(mode)
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def train_color_model(model_dir: str, arch: str = "resnet18", steps: int = 40) -> ModelMeta:
+    """Train ``arch`` on noisy solid colours through the serving preprocessing; save the artifact."""
+    torch.manual_seed(0)
+    meta = ModelMeta(arch=arch, classes=list(CLASSES), image_size=IMAGE_SIZE,
+                     resize_size=RESIZE_SIZE)
+    tf = eval_transform(IMAGE_SIZE, RESIZE_SIZE)
+    xs, ys = [], []
+    for i in range(96):
+        label = i % 3
+        img = color_image(CLASSES[label], seed=1000 + i)
+        xs.append(load_uint8(encode(img), tf))
+        ys.append(label)
+    x = normalize(torch.stack(xs), meta.mean, meta.std)
+    y = torch.tensor(ys)
+    model = build_model(arch, len(CLASSES))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for step in range(steps):
+        idx = torch.randperm(len(y))[:32]
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    if acc < 1.0:
+        raise RuntimeError(f"colour model only reached {acc:.2f} accuracy")
+    save_artifact(model_dir, model.state_dict(), meta)
+    return meta
