@@ -25,8 +25,8 @@ from imgclf.training import make_scheduler
 # ---- metrics: one regex module for SageMaker MetricDefinitions --------------------------------
 
 def test_metric_lines_round_trip_through_the_definitions():
-    log = "\n".join([metrics.format_epoch_line(1, 2.5, 2.25, 0.125, 12.5, 456.7),
-                     metrics.format_epoch_line(2, 1.5, 1.75, 0.5, 11.0, 500.0),
+    log = "\n".join([metrics.format_epoch_line(1, 2, 2.5, 2.25, 0.125, 12.5, 456.7),
+                     metrics.format_epoch_line(2, 2, 1.5, 1.75, 0.5, 11.0, 500.0),
                      metrics.format_test_line(1.2345, 0.75)])
     found = metrics.parse_metrics(log)
     assert found["train_loss"] == [2.5, 1.5]
@@ -43,7 +43,10 @@ def test_metric_lines_round_trip_through_the_definitions():
 def test_metric_regexes_do_not_confuse_test_loss_with_valid_loss():
     assert "valid_loss" not in metrics.parse_metrics(metrics.format_test_line(0.5, 0.5))
     assert "average test loss" not in metrics.parse_metrics(
-        metrics.format_epoch_line(1, 1, 1, 1, 1, 1))
+        metrics.format_epoch_line(1, 1, 1, 1, 1, 1, 1))
+    # other log lines may mention the same names; only the metric lines count
+    assert metrics.parse_metrics("rule=Overfit status=IssuesFound epoch=1 train_loss=0.1 "
+                                 "valid_loss=9 valid_acc=0.2 test_acc=0.3") == {}
 
 
 # ---- config --------------------------------------------------------------------------------

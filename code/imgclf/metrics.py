@@ -6,7 +6,7 @@ its lines through :func:`format_epoch_line` / :func:`format_test_line`, so the t
 
 Lines look like::
 
-    epoch=3 train_loss=1.2345 valid_loss=1.3456 valid_acc=0.5123 epoch_time=12.34s images_per_sec=456.7
+    epoch 3/10 train_loss=1.2345 valid_loss=1.3456 valid_acc=0.5123 epoch_time=12.34s images_per_sec=456.7
     average test loss=1.2345 test_acc=0.5012
 
 "average test loss" is the seed project's tuning objective name and is kept verbatim.
@@ -20,7 +20,7 @@ _NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
 
 # Each regex carries the line's prefix, so values that other log lines mention (a rule that
 # logs "train_loss=...") are never read as metrics.
-_EPOCH = r"epoch=\d+ train_loss="
+_EPOCH = r"epoch \d+/\d+ train_loss="
 _VALID = _EPOCH + r"\S+ valid_loss="
 _ACC = _VALID + r"\S+ valid_acc="
 _TIME = _ACC + r"\S+ epoch_time="
@@ -48,9 +48,9 @@ METRIC_DEFINITIONS: list[dict[str, str]] = [
 ]
 
 
-def format_epoch_line(epoch: int, train_loss: float, valid_loss: float, valid_acc: float,
-                      epoch_time: float, images_per_sec: float) -> str:
-    return (f"epoch={epoch} train_loss={train_loss:.4f} valid_loss={valid_loss:.4f} "
+def format_epoch_line(epoch: int, epochs: int, train_loss: float, valid_loss: float,
+                      valid_acc: float, epoch_time: float, images_per_sec: float) -> str:
+    return (f"epoch {epoch}/{epochs} train_loss={train_loss:.4f} valid_loss={valid_loss:.4f} "
             f"valid_acc={valid_acc:.4f} epoch_time={epoch_time:.2f}s "
             f"images_per_sec={images_per_sec:.1f}")
 

@@ -179,7 +179,7 @@ def run(args) -> int:
                    "epoch_time": tr["time"], "images_per_sec": tr["images"] / max(1e-9, tr["time"])}
         history.append(metrics)
         if info.is_main:
-            print(format_epoch_line(epoch, tr["loss"], ev["loss"], ev["acc"], tr["time"],
+            print(format_epoch_line(epoch, args.epochs, tr["loss"], ev["loss"], ev["acc"], tr["time"],
                                     metrics["images_per_sec"]), flush=True)
         if ev["loss"] < best["valid_loss"]:
             best = {"valid_loss": ev["loss"], "epoch": epoch, "valid_acc": ev["acc"]}
@@ -191,6 +191,7 @@ def run(args) -> int:
                             scheduler=scheduler, scaler=scaler, epoch=epoch,
                             global_step=ctx.global_step, args=args_to_dict(args),
                             classes=classes, history=history, best=best)
+            log.info("checkpoint saved: epoch %d -> %s", epoch, args.checkpoint_dir)
         callbacks.on_epoch_end(ctx, epoch, metrics)
         if args.patience and best["epoch"] is not None and epoch - best["epoch"] >= args.patience:
             ctx.stop_reason = ctx.stop_reason or (
