@@ -45,7 +45,8 @@ def docker_bin() -> str:
     return os.environ.get("DOCKER", "docker")
 
 
-def run(cmd: list[str], *, input: bytes | None = None, capture: bool = False) -> str:
+def run(cmd: list[str], *, input: bytes | None = None, capture: bool = False,
+        hint: str = "is the Docker engine running ('docker info')?") -> str:
     try:
         if capture or input is not None:
             proc = subprocess.run(cmd, input=input, capture_output=True, check=False)
@@ -56,8 +57,7 @@ def run(cmd: list[str], *, input: bytes | None = None, capture: bool = False) ->
     if proc.returncode != 0:
         err = (proc.stderr or b"").decode("utf-8", "replace").strip().splitlines()
         raise SmctlError(f"'{' '.join(cmd[:3])} ...' failed ({proc.returncode})"
-                         + (f": {err[-1]}" if err else ""),
-                         "is the Docker engine running ('docker info')?")
+                         + (f": {err[-1]}" if err else ""), hint)
     return (proc.stdout or b"").decode("utf-8", "replace").strip()
 
 
@@ -116,7 +116,9 @@ def run_build_push(args, settings: Settings, api: Api) -> int:
         raise ConfigError(f"invalid image tag {tag!r}", "letters, digits, _ . - ; at most 128")
     repository = args.repository or settings.repository
     if not api.dry_run:
-        run([docker_bin(), "image", "inspect", args.image], capture=True)  # fails clearly if missing
+        run([docker_bin(), "image", "inspect", args.image], capture=True,
+            hint="build it first ('make build') or pass an existing IMAGE / --image; "
+                 "is the Docker engine running?")
     if args.registry:
         target = f"{args.registry.rstrip('/')}/{repository}"
     else:
