@@ -226,3 +226,74 @@ def test_fetch_errors_are_one_line(aws_env, capsys):
         assert main(["data", "fetch", "--url", s.url + "/dogImages.zip", "--dest", "y"]) == 1
         assert "escapes the folder" in capsys.readouterr().err
         assert not (aws_env / "evil.jpg").exists()
+
+
+# -- invoke --url against the real host-run server (MMS behind the gate) ---------------------------
+@pytest.fixture(scope="module")
+def host_server(tmp_path_factory):
+    """``python -m imgclf.serving.server`` on a free loopback port with the serving tests' tiny
+    colour model (trained in-process in seconds)."""
+    import os
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    if not shutil.which("java"):
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("java not found: the host server needs a JRE (CI must install one)")
+        pytest.skip("java not found: the host-run server (multi-model-server) needs a JRE")
+    from serving_support import train_color_model
+    tmp = tmp_path_factory.mktemp("served")
+    train_color_model(str(tmp / "model"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SM_MODEL_DIR": str(tmp / "model"), "SAGEMAKER_BIND_TO_PORT": str(port),
+           "IMGCLF_BIND_HOST": "127.0.0.1", "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+           "PYTHONPATH": os.pathsep.join([str(repo / "code"), str(repo / "scripts")])}
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "imgclf.serving.server"], env=env, cwd=tmp,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("host server did not become ready:\n"
+                            + (tmp / "server.log").read_text(errors="replace")[-3000:])
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+
+
+@pytest.mark.slow
+def test_invoke_url_against_the_real_host_server(host_server, aws_env, capsys):
+    from serving_support import color_image, encode
+    (aws_env / "red.jpg").write_bytes(encode(color_image("red", seed=3), "JPEG"))
+    (aws_env / "blue.png").write_bytes(encode(color_image("blue", seed=4), "PNG"))
+    assert main(["invoke", "red.jpg", "--url", host_server, "--top-k", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "red.jpg:" and len(out) == 4  # name, header, 2 rows (topk=2 honoured)
+    assert out[2].split()[:2] == ["1", "red"]
+    assert main(["invoke", "red.jpg", "blue.png", "--url", host_server]) == 0  # JSON batch
+    out = capsys.readouterr().out.splitlines()
+    firsts = [out[i + 2].split()[1] for i, l in enumerate(out) if l.endswith(":")]
+    assert firsts == ["red", "blue"]
