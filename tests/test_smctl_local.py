@@ -55,7 +55,6 @@ class _InvocationsHandler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self):
-        from imgclf.serving.errors import ServingError  # noqa: F401 - import check
         from imgclf.serving.handler import input_fn
         body = self.rfile.read(int(self.headers["Content-Length"]))
         ctype = self.headers.get("Content-Type")

@@ -695,6 +695,7 @@ def test_rule_images_follow_the_region(aws_env, capsys):
                               "usage' is 0 Instances", 1, "quota increase"),
     ("ValidationException", "Could not assume role arn:aws:iam::1:role/x. Please ensure that the "
                             "role exists", 1, "execution role"),
+    ("ValidationException", "The specified S3 bucket test-bucket does not exist.", 1, "aws s3 mb"),
     ("ValidationException", "1 validation error detected: Value 'ml.bad' at "
                             "'resourceConfig.instanceType' failed", 2, "fix the value"),
 ])
@@ -747,3 +748,21 @@ def test_settings_precedence_flag_env_file(aws_env, monkeypatch, capsys):
     (aws_env / "smctl.toml").write_text('buckett = "typo"\n')
     assert main(["config"]) == 2
     assert "unknown key(s)" in capsys.readouterr().err
+
+
+def test_dry_run_data_upload_and_fetch(aws_env, capsys):
+    for split in ("train", "valid", "test"):
+        (aws_env / "ds" / split / "001.A").mkdir(parents=True)
+        (aws_env / "ds" / split / "001.A" / "x.jpg").write_bytes(tiny_jpeg())
+    assert main(["data", "upload", "ds", *base_args(), "--dry-run", "--s3", "s3://other/sets/ds"],
+                client_factory=_no_clients) == 0
+    reqs = json.loads(capsys.readouterr().out)
+    assert [r["operation"] for r in reqs] == ["HeadBucket"] + ["PutObject"] * 3
+    assert sorted(r["request"]["Key"] for r in reqs[1:]) == [
+        f"sets/ds/{s}/001.A/x.jpg" for s in ("test", "train", "valid")]
+    assert all(r["request"]["Bucket"] == "other" for r in reqs)
+    assert main(["data", "fetch", "--url", "http://127.0.0.1:9/d.zip", "--dest", "dd",
+                 "--dry-run"]) == 0
+    reqs = json.loads(capsys.readouterr().out)
+    assert [r["action"] for r in reqs] == ["download", "extract"]
+    assert not (aws_env / "dd").exists()

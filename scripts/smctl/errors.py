@@ -105,6 +105,10 @@ def _explain_client_error(exc) -> SmctlError:
                               or "arn" in low):
             return SmctlError(what, "create the execution role from README 'IAM permissions' and "
                                     "pass its ARN with --role-arn / SMCTL_ROLE_ARN")
+        if "bucket" in low and ("not exist" in low or "not found" in low or "could not find" in low
+                                or "no such" in low):
+            return SmctlError(what, "create the bucket in this region (aws s3 mb s3://NAME) or fix "
+                                    "--bucket / SMCTL_BUCKET")
         if "could not find" in low or "does not exist" in low:
             return SmctlError(what, "check the name (smctl status / the SageMaker console) and region")
         return SmctlError(what, "fix the value named in the message (flags, config file or env)",
