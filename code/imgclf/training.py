@@ -88,16 +88,18 @@ def make_scheduler(optimizer, args, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def check_bad_images(bad: list[str], split: str, total: int, max_fraction: float,
+def check_bad_images(bad: list[str], good: int, split: str, max_fraction: float,
                      reported: set) -> None:
+    """Log newly skipped files; fail when too large a share of the images read was bad."""
     new = [b for b in bad if b not in reported]
     reported.update(new)
     if new:
         log.warning("skipped %d unreadable image(s) in %s, e.g. %s", len(new), split,
                     "; ".join(new[:3]))
-    if total and len(set(bad)) / total > max_fraction:
-        raise TrainingError(f"{len(set(bad))} of {total} {split} images cannot be decoded "
-                            f"(over max-bad-fraction={max_fraction}), e.g. {'; '.join(bad[:3])}")
+    seen = good + len(bad)
+    if seen and len(bad) / seen > max_fraction:
+        raise TrainingError(f"{len(bad)} of {seen} {split} images read cannot be decoded (over "
+                            f"max-bad-fraction={max_fraction}), e.g. {'; '.join(bad[:3])}")
 
 
 def run(args) -> int:
@@ -171,9 +173,9 @@ def run(args) -> int:
         tr = train_one_epoch(train_model, loaders["train"], criterion, optimizer, scheduler,
                              scaler, ctx, callbacks, progress=progress and info.is_main,
                              epoch=epoch, **norm, **fast)
-        check_bad_images(tr["bad"], "train", len(samples["train"]), args.max_bad_fraction, reported)
+        check_bad_images(tr["bad"], tr["images"], "train", args.max_bad_fraction, reported)
         ev = evaluate(model, loaders["valid"], criterion, ctx, callbacks, mode="eval", **norm, **fast)
-        check_bad_images(ev["bad"], "valid", len(samples["valid"]), args.max_bad_fraction, reported)
+        check_bad_images(ev["bad"], ev["images"], "valid", args.max_bad_fraction, reported)
         metrics = {"epoch": epoch, "train_loss": tr["loss"], "valid_loss": ev["loss"],
                    "valid_acc": ev["acc"], "lr": optimizer.param_groups[0]["lr"],
                    "epoch_time": tr["time"], "images_per_sec": tr["images"] / max(1e-9, tr["time"])}
@@ -203,7 +205,7 @@ def run(args) -> int:
     if best_state is not None:
         model.load_state_dict(best_state)
     te = evaluate(model, loaders[test_split], criterion, ctx, callbacks, mode="test", **norm, **fast)
-    check_bad_images(te["bad"], test_split, len(samples[test_split]), args.max_bad_fraction, reported)
+    check_bad_images(te["bad"], te["images"], test_split, args.max_bad_fraction, reported)
     final = {"test_loss": te["loss"], "test_acc": te["acc"], "best_epoch": best["epoch"],
              "best_valid_loss": best["valid_loss"], "best_valid_acc": best.get("valid_acc"),
              "epochs_run": len(history), "stop_reason": ctx.stop_reason,
