@@ -218,8 +218,8 @@ def test_train_with_debugger_rules_and_profiler(stubs):
             "CollectionConfigurations": [
                 {"CollectionName": "gradients", "CollectionParameters": {"save_interval": "100"}},
                 {"CollectionName": "losses", "CollectionParameters": {"save_interval": "10"}},
-                {"CollectionName": "weights", "CollectionParameters": {"save_interval": "100"}},
-                {"CollectionName": "biases", "CollectionParameters": {"save_interval": "100"}}]},
+                {"CollectionName": "relu_input", "CollectionParameters": {
+                    "include_regex": ".*relu_input", "save_interval": "500"}}]},
         "DebugRuleConfigurations": [
             {"RuleConfigurationName": r, "RuleEvaluatorImage": RULE_IMAGE,
              "RuleParameters": {"rule_to_invoke": r}} for r in RULES],
@@ -766,3 +766,16 @@ def test_dry_run_data_upload_and_fetch(aws_env, capsys):
     reqs = json.loads(capsys.readouterr().out)
     assert [r["action"] for r in reqs] == ["download", "extract"]
     assert not (aws_env / "dd").exists()
+
+
+def test_rule_subset_and_unknown_rule(aws_env, capsys):
+    assert main(["train", *base_args(), "--image-uri", IMAGE, "--rules", "overfit,vanishing_gradient",
+                 "--no-profiler", "--dry-run"]) == 0
+    req = json.loads(capsys.readouterr().out)[0]["request"]
+    assert [r["RuleConfigurationName"] for r in req["DebugRuleConfigurations"]] == \
+        ["Overfit", "VanishingGradient"]
+    assert [c["CollectionName"] for c in req["DebugHookConfig"]["CollectionConfigurations"]] == \
+        ["gradients", "losses"]
+    assert "ProfilerConfig" not in req and "ProfilerRuleConfigurations" not in req
+    assert main(["train", *base_args(), "--image-uri", IMAGE, "--rules", "overfitt", "--dry-run"]) == 2
+    assert "unknown Debugger rule(s): overfitt" in capsys.readouterr().err

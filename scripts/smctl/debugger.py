@@ -48,18 +48,25 @@ RULE_EVALUATOR_ACCOUNTS: dict[str, str] = {
     "us-west-2": "895741380848",
 }
 
-#: The seed's rules: CLI name -> (rule_to_invoke, the tensor collection it reads).
+#: The seed's rules: CLI name -> (rule_to_invoke, the tensor collection it reads). Rule
+#: parameters and collections follow smdebug_rulesconfig (what the SageMaker SDK sends).
 BUILTIN_RULES: dict[str, tuple[str, str]] = {
     "loss_not_decreasing": ("LossNotDecreasing", "losses"),
     "vanishing_gradient": ("VanishingGradient", "gradients"),
     "overfit": ("Overfit", "losses"),
     "overtraining": ("Overtraining", "losses"),
-    "poor_weight_initialization": ("PoorWeightInitialization", "weights"),
+    "poor_weight_initialization": ("PoorWeightInitialization", "relu_input"),
 }
 
-#: Steps between saved tensors. Saving every tensor every step costs ~90 MB/step on
-#: ResNet-18, so weights/gradients are sampled; losses are cheap.
-DEFAULT_SAVE_INTERVALS = {"losses": 10, "gradients": 100, "weights": 100, "biases": 100}
+#: CollectionParameters per collection. smdebug_rulesconfig saves every 500 steps; the dog set
+#: has ~50 steps per epoch at batch 128, so losses and gradients are sampled more often.
+#: relu_input (PoorWeightInitialization) stays at 500: ResNet activations cost hundreds of MB
+#: per saved step, and the rule looks at initialisation (step 0).
+COLLECTIONS: dict[str, dict[str, str]] = {
+    "losses": {"save_interval": "10"},
+    "gradients": {"save_interval": "100"},
+    "relu_input": {"include_regex": ".*relu_input", "save_interval": "500"},
+}
 
 
 def rule_evaluator_image(region: str, override: str | None = None) -> str:
@@ -87,20 +94,17 @@ def parse_rules(spec: str | None) -> list[str]:
 
 
 def debugger_request(*, region: str, rules: list[str], debug_s3: str, profiler_s3: str | None,
-                     rule_image: str | None = None, rule_instance_type: str | None = None,
-                     save_intervals: dict[str, int] | None = None) -> dict[str, Any]:
+                     rule_image: str | None = None,
+                     rule_instance_type: str | None = None) -> dict[str, Any]:
     """The CreateTrainingJob fields for the rules, the tensor hook and the profiler."""
     image = rule_evaluator_image(region, rule_image)
-    intervals = {**DEFAULT_SAVE_INTERVALS, **(save_intervals or {})}
     out: dict[str, Any] = {}
     if rules:
-        collections = sorted({BUILTIN_RULES[r][1] for r in rules} | {"losses"})
-        if "weights" in collections:
-            collections.append("biases")
+        collections = sorted({BUILTIN_RULES[r][1] for r in rules})
         out["DebugHookConfig"] = {
             "S3OutputPath": debug_s3,
             "CollectionConfigurations": [
-                {"CollectionName": c, "CollectionParameters": {"save_interval": str(intervals[c])}}
+                {"CollectionName": c, "CollectionParameters": dict(COLLECTIONS[c])}
                 for c in collections],
         }
         out["DebugRuleConfigurations"] = []
