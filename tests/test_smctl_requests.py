@@ -725,6 +725,9 @@ def test_no_credentials_and_no_region(aws_env, monkeypatch, capsys):
     assert "no AWS credentials found - run 'aws configure'" in capsys.readouterr().err
     assert main(["status", "j1"]) == 3
     assert "no AWS region set - pass --region" in capsys.readouterr().err
+    monkeypatch.setenv("AWS_REGION", REGION)  # honoured although botocore itself ignores it
+    assert main(["status", "j1"]) == 3
+    assert "no AWS credentials found" in capsys.readouterr().err
 
 
 def test_missing_role_names_flag_env_and_key(aws_env, capsys):
@@ -779,3 +782,23 @@ def test_rule_subset_and_unknown_rule(aws_env, capsys):
     assert "ProfilerConfig" not in req and "ProfilerRuleConfigurations" not in req
     assert main(["train", *base_args(), "--image-uri", IMAGE, "--rules", "overfitt", "--dry-run"]) == 2
     assert "unknown Debugger rule(s): overfitt" in capsys.readouterr().err
+
+
+def test_deploy_serves_with_the_image_that_trained_the_model(stubs, capsys):
+    trained = IMAGE.replace(":abc123", ":trained1")
+    job = _job("Completed", "Completed")
+    job["AlgorithmSpecification"]["TrainingImage"] = trained
+    sm = stubs["sagemaker"]
+    sm.add_response("describe_training_job", job, {"TrainingJobName": "dogs-2"})
+    sm.add_response("describe_endpoint", {"EndpointName": "dogs-ep", "EndpointArn": ARN,
+                                          "EndpointStatus": "InService", "CreationTime": T0,
+                                          "LastModifiedTime": T0}, {"EndpointName": "dogs-ep"})
+    sm.add_response("create_model", {"ModelArn": ARN}, {
+        "ModelName": ANY, "ExecutionRoleArn": ROLE,
+        "PrimaryContainer": {"Image": trained, "ModelDataUrl": ANY}})
+    sm.add_response("create_endpoint_config", {"EndpointConfigArn": ARN},
+                    {"EndpointConfigName": ANY, "ProductionVariants": ANY})
+    sm.add_response("update_endpoint", {"EndpointArn": ARN},
+                    {"EndpointName": "dogs-ep", "EndpointConfigName": ANY})
+    assert main(["deploy", *base_args(), "--training-job", "dogs-2", "--endpoint", "dogs-ep"],
+                client_factory=stubs) == 0

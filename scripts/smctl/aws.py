@@ -9,6 +9,7 @@ the same way with :meth:`Api.record`.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable
 
@@ -43,7 +44,10 @@ class Api:
 
     @property
     def region(self) -> str:
-        region = self.settings.region or (None if self._factory else self.session.region_name)
+        # botocore reads AWS_DEFAULT_REGION and the profile, not AWS_REGION (which other AWS
+        # tools set): honour it too.
+        region = (self.settings.region or os.environ.get("AWS_REGION")
+                  or (None if self._factory else self.session.region_name))
         if not region:
             raise SmctlError("no AWS region set",
                              "pass --region, or set SMCTL_REGION / AWS_REGION, or region in the "

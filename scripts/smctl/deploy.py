@@ -36,7 +36,8 @@ def add_parser(sub, parents) -> None:
     src.add_argument("--training-job", help="serve this training job's model (default: the last "
                                             "job 'smctl train' started)")
     p.add_argument("--endpoint", dest="endpoint_name", help="endpoint name (or endpoint_name setting)")
-    p.add_argument("--image-uri", help="serving image (default: the image_uri setting / last build-push)")
+    p.add_argument("--image-uri", help="serving image (default: the image_uri setting, else the "
+                                       "training job's image, else the last build-push)")
     p.add_argument("--instance-type", dest="serve_instance_type",
                    help="hosting instance type (default: ml.g4dn.xlarge)")
     p.add_argument("--instance-count", dest="serve_instance_count", type=int,
@@ -58,28 +59,34 @@ def add_parser(sub, parents) -> None:
     p.set_defaults(func=run_deploy)
 
 
-def model_data_url(args, api: Api) -> str:
+def model_source(args, api: Api) -> tuple[str, str | None]:
+    """(ModelDataUrl, the image the model was trained with if known)."""
     if args.model_data:
-        return args.model_data
+        return args.model_data, None
     job = args.training_job or load_state().get("training_job")
     if not job:
         raise ConfigError("no model given", "pass --model-data S3_URI or --training-job NAME")
     desc = api.call("sagemaker", "describe_training_job", TrainingJobName=job)
     if desc is None:  # dry run
-        return f"<ModelArtifacts.S3ModelArtifacts of {job}>"
+        return f"<ModelArtifacts.S3ModelArtifacts of {job}>", None
     if desc["TrainingJobStatus"] != "Completed":
         raise SmctlError(f"training job {job} is {desc['TrainingJobStatus']}, not Completed",
                          f"see 'smctl status {job}'")
-    return desc["ModelArtifacts"]["S3ModelArtifacts"]
+    image = (desc.get("AlgorithmSpecification") or {}).get("TrainingImage")
+    return desc["ModelArtifacts"]["S3ModelArtifacts"], image
 
 
-def build_requests(settings: Settings, args, api: Api, model_data: str) -> dict[str, dict[str, Any]]:
+def build_requests(settings: Settings, args, api: Api, model_data: str,
+                   trained_image: str | None = None) -> dict[str, dict[str, Any]]:
     endpoint = check_name(settings.require("endpoint_name", "endpoint to create or update"),
                           "endpoint")
     stamp = timestamp()
     model_name = check_name(f"{endpoint[:49]}-{stamp}", "model")
     role = settings.require("role_arn", "SageMaker execution role")
-    container: dict[str, Any] = {"Image": resolve_image(settings), "ModelDataUrl": model_data}
+    # Serve with the image that trained the model unless an image is given explicitly.
+    explicit = settings.sources.get("image_uri", "default") != "default"
+    image = settings.image_uri if explicit else (trained_image or resolve_image(settings))
+    container: dict[str, Any] = {"Image": image, "ModelDataUrl": model_data}
     env = parse_pairs(args.env, "--env")
     if env:
         container["Environment"] = env
@@ -119,7 +126,8 @@ def endpoint_exists(api: Api, name: str) -> bool:
 
 
 def run_deploy(args, settings: Settings, api: Api) -> int:
-    reqs = build_requests(settings, args, api, model_data_url(args, api))
+    model_data, trained_image = model_source(args, api)
+    reqs = build_requests(settings, args, api, model_data, trained_image)
     endpoint = reqs["endpoint"]["EndpointName"]
     if api.dry_run:
         exists = args.update
