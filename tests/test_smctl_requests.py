@@ -802,3 +802,10 @@ def test_deploy_serves_with_the_image_that_trained_the_model(stubs, capsys):
                     {"EndpointName": "dogs-ep", "EndpointConfigName": ANY})
     assert main(["deploy", *base_args(), "--training-job", "dogs-2", "--endpoint", "dogs-ep"],
                 client_factory=stubs) == 0
+
+
+def test_invoke_refuses_payloads_over_the_sagemaker_limit(aws_env, capsys):
+    (aws_env / "big.jpg").write_bytes(b"\xff\xd8\xff" + b"0" * (6 * 1024 * 1024))
+    rc = main(["invoke", "big.jpg", "--endpoint", "e1", "--region", REGION, "--dry-run"],
+              client_factory=_no_clients)
+    assert rc == 2 and "6 MB" in capsys.readouterr().err

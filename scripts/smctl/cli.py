@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
-from smctl import cleanup, data, deploy, invoke, registry, training, tuning
+from smctl import __version__, cleanup, data, deploy, invoke, registry, training, tuning
 from smctl.aws import Api, ClientFactory
 from smctl.config import EXAMPLE_CONFIG, Settings, load_settings, load_state, state_path
 from smctl.errors import EXIT_INTERRUPTED, explain
@@ -44,6 +44,7 @@ def common_parser() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smctl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"smctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parents = [common_parser()]
 

@@ -28,6 +28,8 @@ from smctl.util import print_table
 
 JSON = "application/json"
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+#: SageMaker real-time InvokeEndpoint payload limit.
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 
 _MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"),
           (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
@@ -121,6 +123,9 @@ def run_invoke(args, settings: Settings, api: Api) -> int:
         endpoint = settings.endpoint_name or load_state().get("endpoint")
         if not endpoint:
             settings.require("endpoint_name", "endpoint to invoke")
+        if len(body) > MAX_PAYLOAD_BYTES:
+            raise ConfigError(f"request body is {len(body) / 2**20:.1f} MB, over SageMaker's 6 MB "
+                              "real-time payload limit", "send fewer or smaller (resized) images")
         resp = api.call("sagemaker-runtime", "invoke_endpoint", EndpointName=endpoint,
                         ContentType=ctype, Accept=JSON, CustomAttributes=f"topk={args.top_k}",
                         Body=body)
