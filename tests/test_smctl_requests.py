@@ -809,3 +809,15 @@ def test_invoke_refuses_payloads_over_the_sagemaker_limit(aws_env, capsys):
     rc = main(["invoke", "big.jpg", "--endpoint", "e1", "--region", REGION, "--dry-run"],
               client_factory=_no_clients)
     assert rc == 2 and "6 MB" in capsys.readouterr().err
+
+
+def test_example_config_loads_and_drives_a_tuning_request(aws_env, capsys):
+    assert main(["config", "--example"]) == 0
+    (aws_env / "smctl.toml").write_text(capsys.readouterr().out)
+    assert main(["tune", "--image-uri", IMAGE, "--dry-run"], client_factory=_no_clients) == 0
+    req = json.loads(capsys.readouterr().out)[0]["request"]
+    ranges = req["HyperParameterTuningJobConfig"]["ParameterRanges"]
+    assert ranges["CategoricalParameterRanges"] == [{"Name": "batch-size",
+                                                     "Values": ["128", "256", "512"]}]
+    assert ranges["ContinuousParameterRanges"][0]["ScalingType"] == "Logarithmic"
+    assert req["TrainingJobDefinition"]["StaticHyperParameters"]["amp"] == "auto"

@@ -198,7 +198,7 @@ endpoint_name = "imgclf-dogs"
 [hyperparameters]                      # static hyperparameters for tune and train
 epochs = 10
 arch = "resnet18"
-weights = "imagenet"
+weights = "auto"                       # imagenet, or the pretrained channel (train --pretrained S3_URI)
 optimizer = "sgd"
 lr-schedule = "cosine"
 amp = "auto"                           # auto | bf16 | fp16 | off
