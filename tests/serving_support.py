@@ -33,7 +33,18 @@ def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
 
 
 def train_color_model(model_dir: str, arch: str = "resnet18", steps: int = 40) -> ModelMeta:
-    """Train ``arch`` on noisy solid colours through the serving preprocessing; save the artifact."""
+    """Train ``arch`` on noisy solid colours through the serving preprocessing; save the artifact.
+
+    One torch thread: on a shared, loaded machine more threads made this 8x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(model_dir, arch, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model_dir: str, arch: str, steps: int) -> ModelMeta:
     torch.manual_seed(0)
     meta = ModelMeta(arch=arch, classes=list(CLASSES), image_size=IMAGE_SIZE,
                      resize_size=RESIZE_SIZE)
@@ -62,3 +73,40 @@ def train_color_model(model_dir: str, arch: str = "resnet18", steps: int = 40) -
         raise RuntimeError(f"colour model only reached {acc:.2f} accuracy")
     save_artifact(model_dir, model.state_dict(), meta)
     return meta
+
+
+def ugly_images() -> dict[str, bytes]:
+    """Real-world oddities the decoder must turn into upright RGB: name -> encoded bytes."""
+    red = color_image("red", size=(40, 30), seed=7)
+    gray16 = Image.fromarray((np.asarray(red.convert("L"), dtype=np.uint16) * 257), "I;16")
+    rgba = red.convert("RGBA")
+    rgba.putalpha(200)
+    exif = red.transpose(Image.Transpose.ROTATE_90)
+    ex = Image.Exif()
+    ex[0x0112] = 6  # orientation: rotate 90 on display
+    return {
+        "cmyk_jpeg": encode(red.convert("CMYK"), "JPEG"),
+        "grayscale_png": encode(red.convert("L"), "PNG"),
+        "rgba_png": encode(rgba, "PNG"),
+        "palette_png": encode(red.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+        "16bit_png": encode(gray16, "PNG"),
+        "exif_rotated_jpeg": encode(exif, "JPEG", exif=ex.tobytes()),
+    }
+
+
+def truncated_jpeg() -> bytes:
+    data = encode(color_image("green", size=(64, 64), seed=3))
+    return data[: len(data) // 2]
+
+
+def dimension_bomb_png(width: int = 40000, height: int = 40000) -> bytes:
+    """A ~100-byte PNG whose header claims width x height pixels (1.6 G by default)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))

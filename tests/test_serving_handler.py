@@ -1,0 +1,328 @@
+"""In-process tests of the serving handler: model_fn/input_fn/predict_fn/output_fn, the
+Transformer's error mapping and the worker plan. The real MMS is in test_serving_server.py."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import inspect
+import json
+
+import pytest
+import torch
+from mms.context import Context, RequestProcessor
+
+from imgclf.artifact import ArtifactError, ModelMeta, save_artifact
+from imgclf.models import build_model
+from imgclf.serving import content_types, handler, handler_service, server
+from imgclf.serving.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
+from imgclf.serving.transformer import ImgclfTransformer
+from imgclf.transforms import preprocess_batch
+from serving_support import (CLASSES, color_image, dimension_bomb_png, encode, train_color_model,
+                             truncated_jpeg, ugly_images)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The machine is shared: several torch threads per test process oversubscribe the CPUs
+    (measured 8x slower training under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    train_color_model(str(d))
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def served(model_dir):
+    return handler.model_fn(model_dir)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def context(model_dir: str, headers: dict | None = None) -> Context:
+    ctx = Context("model", model_dir, None, 1, None, "1.1.11")
+    ctx.request_processor = [RequestProcessor(headers or {})]
+    return ctx
+
+
+def labels(body: str) -> list[str]:
+    return [p["label"] for p in json.loads(body)["predictions"]]
+
+
+def run(served, body, content_type, accept="application/json", ctx=None) -> str:
+    request = handler.input_fn(body, content_type, ctx)
+    out, ctype = handler.output_fn(handler.predict_fn(request, served), accept)
+    assert ctype == "application/json"
+    return out
+
+
+# ----------------------------------------------------------------------------- model_fn
+def test_model_fn_builds_network_from_artifact_json(tmp_path):
+    classes = [f"c{i}" for i in range(7)]
+    save_artifact(str(tmp_path), build_model("resnet18", 7).state_dict(),
+                  ModelMeta(arch="resnet18", classes=classes, image_size=64, resize_size=73))
+    served = handler.model_fn(str(tmp_path))
+    assert served.model.fc.out_features == 7 and not served.model.training
+    doc = json.loads(run(served, encode(color_image("red")), "image/jpeg"))
+    assert len(doc["predictions"][0]["topk"]) == 5  # default k
+    assert {t["label"] for t in doc["predictions"][0]["topk"]} <= set(classes)
+
+
+def test_model_fn_refuses_broken_artifacts(tmp_path):
+    with pytest.raises(ArtifactError, match="model.json"):
+        handler.model_fn(str(tmp_path))
+    save_artifact(str(tmp_path), build_model("resnet18", 4).state_dict(),
+                  ModelMeta(arch="resnet18", classes=["a", "b", "c"]))  # 4-class weights, 3 names
+    with pytest.raises(ArtifactError, match="does not fit"):
+        handler.model_fn(str(tmp_path))
+
+
+def test_model_fn_marks_worker_ready(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv(handler.READY_DIR_ENV, str(tmp_path))
+    handler.model_fn(model_dir)
+    assert handler.ready_workers(str(tmp_path)) == [__import__("os").getpid()]
+
+
+# ------------------------------------------------------------------- content types and labels
+@pytest.mark.parametrize("content_type,fmt", [
+    ("image/jpeg", "JPEG"), ("image/png", "PNG"), ("application/x-image", "JPEG"),
+    ("application/octet-stream", "PNG"), ("application/octet-stream", "JPEG"),
+    ("Image/JPEG; charset=binary", "JPEG"), (None, "PNG"),
+])
+def test_raw_image_types_give_correct_labels(served, content_type, fmt):
+    for i, name in enumerate(CLASSES):
+        body = encode(color_image(name, seed=50 + i), fmt)
+        assert labels(run(served, body, content_type)) == [name]
+
+
+def test_json_forms_and_batch_order(served):
+    imgs = {n: encode(color_image(n, seed=90 + i)) for i, n in enumerate(CLASSES)}
+    order = ["blue", "red", "green", "blue"]
+    bodies = [
+        json.dumps([b64(imgs[n]) for n in order]),
+        json.dumps({"images": [b64(imgs[n]) for n in order]}),
+        json.dumps({"instances": [{"b64": b64(imgs[n])} for n in order]}),
+    ]
+    for body in bodies:
+        assert labels(run(served, body, "application/json")) == order
+        assert labels(run(served, body.encode(), "application/json; charset=utf-8")) == order
+    assert labels(run(served, json.dumps(b64(imgs["green"])), "application/json")) == ["green"]
+    data_url = "data:image/jpeg;base64," + b64(imgs["red"])
+    assert labels(run(served, json.dumps({"image": data_url}), "application/json")) == ["red"]
+    # JSON sent as octet-stream is sniffed
+    assert labels(run(served, bodies[0].encode(), "application/octet-stream")) == order
+
+
+def test_batch_is_one_forward_pass(served, monkeypatch):
+    calls = []
+    forward = served.model.forward
+    monkeypatch.setattr(served.model, "forward", lambda x: calls.append(x.shape) or forward(x))
+    body = json.dumps([b64(encode(color_image(n))) for n in CLASSES])
+    run(served, body, "application/json")
+    assert calls == [torch.Size([3, 3, 32, 32])]
+
+
+def test_preprocessing_is_the_evaluation_definition(served):
+    data = [encode(color_image(n, seed=i)) for i, n in enumerate(CLASSES)]
+    m = served.meta
+    expected = preprocess_batch(data, m.image_size, m.resize_size, m.mean, m.std)
+    assert torch.equal(handler.preprocess(data, served), expected)
+
+
+def test_probabilities_sum_to_one_and_sorted(served):
+    doc = json.loads(run(served, encode(color_image("green")), "image/jpeg"))
+    top = doc["predictions"][0]["topk"]
+    probs = [t["probability"] for t in top]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-4
+    assert doc["predictions"][0]["probability"] == probs[0] > 0.9
+
+
+# ------------------------------------------------------------------------------------ top-k
+def test_topk_from_custom_attributes_json_and_default(served, model_dir, monkeypatch):
+    img = encode(color_image("red"))
+    ctx = context(model_dir, {"x-amzn-sagemaker-custom-attributes": "foo=bar; topk=2"})
+    assert len(json.loads(run(served, img, "image/jpeg", ctx=ctx))["predictions"][0]["topk"]) == 2
+    body = json.dumps({"image": b64(img), "topk": 1})  # JSON field wins over the header
+    assert len(json.loads(run(served, body, "application/json", ctx=ctx))["predictions"][0]["topk"]) == 1
+    monkeypatch.setenv("IMGCLF_DEFAULT_TOPK", "2")
+    assert len(json.loads(run(served, img, "image/jpeg"))["predictions"][0]["topk"]) == 2
+    # more than the classes: capped, not an error
+    body = json.dumps({"image": b64(img), "topk": 50})
+    assert len(json.loads(run(served, body, "application/json"))["predictions"][0]["topk"]) == 3
+
+
+@pytest.mark.parametrize("bad", [0, -1, "x", 1.5, True])
+def test_bad_topk_is_400(served, bad):
+    body = json.dumps({"image": b64(encode(color_image("red"))), "topk": bad})
+    with pytest.raises(BadRequest, match="topk"):
+        run(served, body, "application/json")
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("body,ctype,exc,match", [
+    (b"", "image/jpeg", BadRequest, "empty"),
+    (None, "image/jpeg", BadRequest, "empty"),
+    (b"not an image", "image/jpeg", BadRequest, "not a recognised image"),
+    (b"hello", "text/plain", UnsupportedMediaType, "text/plain"),
+    (b"a,b", "text/csv", UnsupportedMediaType, "text/csv"),
+    (b"{bad json", "application/json", BadRequest, "malformed JSON"),
+    ('{"images": ["###"]}', "application/json", BadRequest, "image 0: not valid base64"),
+    ('{"images": []}', "application/json", BadRequest, "no images"),
+    ('{"images": [1]}', "application/json", BadRequest, "expected a base64 string"),
+    ('{"foo": 1}', "application/json", BadRequest, "exactly one of"),
+    (b"\xff\xfe{", "application/json; charset=utf-8", BadRequest, "not UTF-8"),
+])
+def test_bad_requests_raise_typed_errors(served, body, ctype, exc, match):
+    with pytest.raises(exc, match=match):
+        run(served, body, ctype)
+
+
+def test_too_many_images_is_413(served, monkeypatch):
+    monkeypatch.setenv("IMGCLF_MAX_IMAGES", "2")
+    body = json.dumps([b64(encode(color_image("red")))] * 3)
+    with pytest.raises(PayloadTooLarge, match="IMGCLF_MAX_IMAGES"):
+        run(served, body, "application/json")
+
+
+def test_accept_negotiation():
+    assert content_types.negotiate(None) == "application/json"
+    assert content_types.negotiate("*/*") == "application/json"
+    assert content_types.negotiate("application/*") == "application/json"
+    assert content_types.negotiate("text/csv, application/json;q=0.5") == "application/json"
+    for bad in ("text/csv", "image/png", "application/json;q=0"):
+        with pytest.raises(NotAcceptable):
+            content_types.negotiate(bad)
+
+
+def test_unacceptable_accept_is_406_before_inference(served, model_dir):
+    ctx = context(model_dir, {"Accept": "text/csv"})
+    with pytest.raises(NotAcceptable, match="text/csv"):
+        handler.input_fn(encode(color_image("red")), "image/jpeg", ctx)
+    with pytest.raises(NotAcceptable):
+        run(served, encode(color_image("red")), "image/jpeg", accept="text/html")
+
+
+# ----------------------------------------------------------------------------- ugly images
+@pytest.mark.parametrize("name", sorted(ugly_images()))
+def test_ugly_images_are_classified(served, name):
+    out = json.loads(run(served, ugly_images()[name], "application/octet-stream"))
+    pred = out["predictions"][0]
+    if name in ("grayscale_png", "16bit_png"):
+        assert pred["label"] in CLASSES  # colour is gone; only decoding is tested
+    else:
+        assert pred["label"] == "red"
+
+
+def test_truncated_jpeg_and_dimension_bomb_are_400(served):
+    with pytest.raises(BadRequest, match="cannot decode|truncated"):
+        run(served, truncated_jpeg(), "image/jpeg")
+    with pytest.raises(BadRequest, match="over the limit of"):  # IMGCLF_MAX_PIXELS
+        run(served, dimension_bomb_png(9000, 8000), "image/png")
+    with pytest.raises(BadRequest, match="too large"):  # PIL's own bomb guard
+        run(served, dimension_bomb_png(), "image/png")
+    body = json.dumps([b64(encode(color_image("red"))), b64(truncated_jpeg())])
+    with pytest.raises(BadRequest, match="image 1"):
+        run(served, body, "application/json")
+
+
+# ------------------------------------------------------------------- toolkit Transformer path
+def transform(model_dir, body, headers, t=None):
+    t = t or ImgclfTransformer()
+    ctx = context(model_dir, headers)
+    out = t.transform([{"body": body}], ctx)
+    rp = ctx.request_processor[0]
+    return out[0], rp.get_response_status_code(), rp.get_response_header("content-type")
+
+
+def test_transformer_success_and_short_json_errors(model_dir):
+    img = encode(color_image("blue"))
+    body, status, ctype = transform(model_dir, img, {"Content-Type": "image/jpeg"})
+    assert status == 200 and ctype == "application/json" and labels(body) == ["blue"]
+    cases = [(b"", {"Content-Type": "image/jpeg"}, 400),
+             (b"junk", {"Content-Type": "image/png"}, 400),
+             (img, {"Content-Type": "text/plain"}, 415),
+             (img, {"Content-Type": "image/jpeg", "Accept": "text/csv"}, 406),
+             (b"\xff\xfe", {"Content-Type": "application/json"}, 400),  # toolkit decodes UTF-8
+             (b"[", {"Content-Type": "application/json"}, 400)]
+    for data, headers, code in cases:
+        body, status, ctype = transform(model_dir, data, headers)
+        doc = json.loads(body)
+        assert (status, doc["status"], ctype) == (code, code, "application/json"), (headers, body)
+        assert "Traceback" not in body and len(body) < 400
+
+
+def test_transformer_hides_unexpected_errors(model_dir):
+    def boom(data, model):
+        raise RuntimeError("secret internal detail")
+    t = ImgclfTransformer()
+    t.validate_and_initialize(model_dir, context(model_dir))
+    t._predict_fn = boom
+    body, status, _ = transform(model_dir, encode(color_image("red")), {"Content-Type": "image/jpeg"}, t)
+    assert status == 500 and "Traceback" not in body and "secret" not in body
+    assert "RuntimeError" in json.loads(body)["error"]
+
+
+def test_handler_service_module_has_exactly_one_class():
+    mod = importlib.import_module(handler_service.__name__)
+    own = [c for _, c in inspect.getmembers(mod, inspect.isclass) if c.__module__ == mod.__name__]
+    assert len(own) == 1 and hasattr(own[0](), "handle")
+
+
+def test_inference_entry_point_exposes_the_contract():
+    import inference
+    for name in ("model_fn", "input_fn", "predict_fn", "output_fn"):
+        assert getattr(inference, name) is getattr(handler, name)
+
+
+# ------------------------------------------------------------------------------ worker plan
+GB = 2**30
+
+
+def test_worker_plan_cpu():
+    p = server.plan_workers(None, 50_000_000, cpus=2, gpu_mem=[], ram_bytes=24 * GB)
+    assert (p.workers, p.threads, p.gpus) == (2, 1, 0)
+    p = server.plan_workers(None, 50_000_000, cpus=16, gpu_mem=[], ram_bytes=64 * GB)
+    assert (p.workers, p.threads) == (4, 4)
+    p = server.plan_workers(None, 2 * GB, cpus=16, gpu_mem=[], ram_bytes=8 * GB)
+    assert p.workers == 1  # RAM-bound
+    assert server.plan_workers(3, 50_000_000, 2, [], 24 * GB).workers == 3
+
+
+def test_worker_plan_gpu_fits_memory():
+    # ResNet-50 (~100 MB) on one 16 GB T4 with 4 CPUs: CPU-bound at 4
+    p = server.plan_workers(None, 100_000_000, cpus=4, gpu_mem=[16 * GB], ram_bytes=16 * GB)
+    assert (p.workers, p.gpus) == (4, 1)
+    # a 2.5 GB ViT-H on the same GPU: 600 MB + 10 GB + 512 MB per copy -> only one fits
+    p = server.plan_workers(None, int(2.5 * GB), cpus=4, gpu_mem=[16 * GB], ram_bytes=16 * GB)
+    assert p.workers == 1
+    # 4 GPUs, 48 CPUs: 4 per GPU
+    p = server.plan_workers(None, 100_000_000, cpus=48, gpu_mem=[24 * GB] * 4, ram_bytes=192 * GB)
+    assert (p.workers, p.threads) == (16, 3)
+
+
+def test_mms_properties_honour_sagemaker_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_TIMEOUT", "17")
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "3")
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "5")
+    monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", "9999")
+    s = server.ServerSettings.from_env()
+    assert (s.model_dir, s.port, s.workers) == (str(tmp_path), 9999, 5)
+    plan = server.plan_workers(s.workers, 1, 2, [], 8 * GB)
+    props = dict(line.split("=", 1) for line in
+                 server.mms_properties(1234, 1235, plan, s).splitlines())
+    assert props["default_response_timeout"] == "17"
+    assert props["max_request_size"] == str(3 * 2**20)
+    assert props["default_workers_per_model"] == "5"
+    assert props["inference_address"] == "http://127.0.0.1:1234"
+    assert props["default_service_handler"] == "imgclf.serving.handler_service"
+    assert server.free_port() <= server.MMS_MAX_PORT
