@@ -48,6 +48,10 @@ sample-data: $(STAMP) ## build the small real sample set (Fashion-MNIST as JPEGs
 bench-train: $(STAMP) sample-data ## images/s: train.py pipeline vs in-memory tensors vs a naive course loop
 	$(PY) scripts/bench_train.py --data-dir $(SAMPLE_DIR)
 
+.PHONY: bench-diagnostics
+bench-diagnostics: $(STAMP) ## step time with the training diagnostics off / default / full (rules, profiler, smdebug)
+	$(PY) scripts/bench_diagnostics.py
+
 # --- The image and local mode (container/Dockerfile, docker-compose.yml, scripts/local.sh) ---
 # /usr/bin/docker first: Debian's client has BuildKit built in (a /usr/local/bin one may lack buildx).
 DOCKER      ?= $(shell command -v /usr/bin/docker || command -v docker || echo docker)

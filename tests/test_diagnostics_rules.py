@@ -117,3 +117,25 @@ def test_loss_not_decreasing_core_windows_and_nan():
     assert "not finite" in core.evaluations[-1].message
     line = core.evaluations[0].log_line()
     assert line.startswith("rule=LossNotDecreasing status=NoIssuesFound step=3 ")
+
+
+def test_stop_under_ddp_waits_for_epoch_end_and_agrees(tmp_path):
+    """Under torch.distributed a rule-triggered stop is all-reduced at epoch end, not mid-epoch."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        cb, ctx, report = _run(tmp_path, mlp(), make_blobs(2048, seed=1), make_blobs(64, seed=2),
+                               epochs=3, batch_size=64, lr=50.0, stop_on=["loss_not_decreasing"])
+    finally:
+        dist.destroy_process_group()
+    first = report["rules"]["LossNotDecreasing"]["first_issue"]["step"]
+    assert first < 31                                  # fired inside epoch 1 (32 steps)...
+    assert ctx.global_step == 32 and len(ctx.history) == 1   # ...stopped after it, together
+    assert "LossNotDecreasing" in ctx.stop_reason

@@ -441,6 +441,11 @@ ACTIVATION_TYPES = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "GELU"
                     "Sigmoid", "Tanh", "Hardswish", "Mish")
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
+
+
 class RulesCallback(Callback):
     """Feeds the rule cores from the training loop's signals and writes ``rules_report.json``.
 
@@ -461,6 +466,8 @@ class RulesCallback(Callback):
         self._epoch: Optional[int] = None
         self._last_status: dict = {}
         self._output_dir: Optional[str] = None
+        self._pending_stop: Optional[str] = None
+        self._pending_rule = "unknown"
 
     # -- helpers ------------------------------------------------------------------------------
     def _handle(self, ctx: TrainContext, ev: Optional[Evaluation]) -> None:
@@ -469,13 +476,41 @@ class RulesCallback(Callback):
         ev.epoch = self._epoch
         changed = self._last_status.get(ev.rule) != ev.status
         self._last_status[ev.rule] = ev.status
-        if ev.issues or changed:
-            (log.warning if ev.issues else log.info)(ev.log_line())
-        else:
-            log.debug(ev.log_line())
-        if ev.issues and ev.rule in self.stop_on and ctx.stop_reason is None:
-            ctx.stop_reason = f"rule {ev.rule} found issues at step {ev.step}: {ev.message}"
-            log.warning("rule=%s action=StopTraining step=%d", ev.rule, ev.step)
+        if ctx.is_main:
+            if ev.issues or changed:
+                (log.warning if ev.issues else log.info)(ev.log_line())
+            else:
+                log.debug(ev.log_line())
+        if ev.issues and ev.rule in self.stop_on and self._pending_stop is None:
+            self._pending_stop = f"rule {ev.rule} found issues at step {ev.step}: {ev.message}"
+            self._pending_rule = ev.rule
+            if not _distributed():
+                self._apply_stop(ctx)
+
+    def _apply_stop(self, ctx: TrainContext) -> None:
+        if self._pending_stop and ctx.stop_reason is None:
+            ctx.stop_reason = self._pending_stop
+            if ctx.is_main:
+                log.warning('rule=%s action=StopTraining reason="%s"', self._pending_rule,
+                            self._pending_stop)
+
+    def _agree_on_stop(self, ctx: TrainContext) -> None:
+        """DDP: ranks see different per-step losses; stop all of them, together, at epoch end.
+
+        Every rank calls on_epoch_end at the same point, so one all_reduce here is safe; a rank
+        stopping alone mid-epoch would leave the others waiting in the next collective.
+        """
+        if not _distributed():
+            return
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self._pending_stop else 0.0], device=ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0:
+            if not self._pending_stop:
+                self._pending_stop = "a --stop-on-rule rule found issues on another rank"
+            self._apply_stop(ctx)
 
     def _install_activation_hooks(self, model) -> None:
         counts: dict = {}
@@ -572,6 +607,7 @@ class RulesCallback(Callback):
         for name in ("Overfit", "Overtraining"):
             if name in self.cores:
                 self._handle(ctx, self.cores[name].observe_phase(self._step, train_mean, valid_mean))
+        self._agree_on_stop(ctx)
         self._write(ctx)
 
     def on_train_end(self, ctx: TrainContext, metrics: dict) -> None:
@@ -581,6 +617,8 @@ class RulesCallback(Callback):
         self._remove_activation_hooks()
         for name, core in self.cores.items():
             issues = [e for e in core.evaluations if e.issues]
+            if not ctx.is_main:
+                continue
             log.info("rule=%s status=%s evaluations=%d issues_found=%d%s", name, core.status(),
                      len(core.evaluations), len(issues),
                      f" first_issue_step={issues[0].step}" if issues else "")
