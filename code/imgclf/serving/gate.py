@@ -129,6 +129,25 @@ def body_length(headers) -> int | None:
     return n
 
 
+async def lingering_close(reader, writer, seconds: float = 5, limit: int = 64 * 2**20) -> None:
+    """Send our response, then read and drop what the client still sends (an unread body) before
+    closing: closing with unread data makes the kernel send RST, which can destroy the response
+    before the client reads it."""
+    try:
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while limit > 0 and loop.time() < deadline:
+            data = await asyncio.wait_for(reader.read(CHUNK), deadline - loop.time())
+            if not data:
+                break
+            limit -= len(data)
+    except (ConnectionError, asyncio.TimeoutError):
+        pass
+
+
 class Gate:
     def __init__(self, upstream_host: str, upstream_port: int, max_body: int,
                  live_workers=lambda: 1):
@@ -201,6 +220,7 @@ class Gate:
                 msg = (f"body of {length} bytes is over the limit of {self.max_body} bytes "
                        f"(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
                 writer.write(json_response(413, {"error": msg, "status": 413}, False))
+                await lingering_close(reader, writer)
                 return False, upstream
             if length is None:
                 await copy_chunked(reader, None)
