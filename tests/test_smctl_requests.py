@@ -821,3 +821,27 @@ def test_example_config_loads_and_drives_a_tuning_request(aws_env, capsys):
                                                      "Values": ["128", "256", "512"]}]
     assert ranges["ContinuousParameterRanges"][0]["ScalingType"] == "Logarithmic"
     assert req["TrainingJobDefinition"]["StaticHyperParameters"]["amp"] == "auto"
+
+
+def test_debugger_off_from_env_and_the_debugger_error_hint(stubs, monkeypatch, capsys):
+    monkeypatch.setenv("SMCTL_DEBUGGER", "false")
+    assert main(["train", *base_args(), "--image-uri", IMAGE, "--dry-run"],
+                client_factory=_no_clients) == 0
+    req = json.loads(capsys.readouterr().out)[0]["request"]
+    assert not {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig",
+                "ProfilerRuleConfigurations"} & set(req)
+    monkeypatch.delenv("SMCTL_DEBUGGER")
+    stubs["sagemaker"].add_client_error(
+        "create_training_job", "ValidationException",
+        "SageMaker Debugger is not available for this account.", 400)
+    assert main(["train", *base_args(), "--image-uri", IMAGE], client_factory=stubs) == 2
+    assert "rerun with --no-debugger" in capsys.readouterr().err
+
+
+def test_stop_training_and_tuning_jobs(stubs, capsys):
+    stubs["sagemaker"].add_response("stop_training_job", {}, {"TrainingJobName": "j1"})
+    stubs["sagemaker"].add_response("stop_hyper_parameter_tuning_job", {},
+                                    {"HyperParameterTuningJobName": "t1"})
+    assert main(["stop", "j1", "--region", REGION], client_factory=stubs) == 0
+    assert main(["stop", "t1", "--tuning", "--region", REGION], client_factory=stubs) == 0
+    assert "stopping tuning job t1" in capsys.readouterr().out

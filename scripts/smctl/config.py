@@ -58,6 +58,7 @@ class Settings:
     max_runtime_s: int = 24 * 3600
     max_wait_s: int = 48 * 3600          # spot: runtime + time spent waiting for capacity
     rule_instance_type: str | None = None  # None: SageMaker picks (built-in rules)
+    debugger: bool = True                # False: no Debugger hook/rules/profiler (train --no-debugger)
     # Hosting.
     endpoint_name: str | None = None
     serve_instance_type: str = "ml.g4dn.xlarge"
@@ -106,6 +107,15 @@ def _coerce(name: str, value: Any) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     if value is None:
         return None
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
     if kind.startswith("int"):
         try:
             return int(value)
@@ -193,6 +203,7 @@ repository = "imgclf-sagemaker"        # ECR repository for build-push
 train_instance_type = "ml.g4dn.xlarge"
 serve_instance_type = "ml.g4dn.xlarge"
 endpoint_name = "imgclf-dogs"
+# debugger = false                     # accounts without SageMaker Debugger (closed to new customers)
 # inference_ami_version = "al2-ami-sagemaker-inference-gpu-3-1"  # GPU hosts only (CUDA 12.8 image)
 
 [hyperparameters]                      # static hyperparameters for tune and train

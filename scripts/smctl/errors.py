@@ -80,6 +80,10 @@ def _explain_client_error(exc) -> SmctlError:
     op = getattr(exc, "operation_name", "") or "request"
     what = f"{op} failed: {code}: {msg}" if msg else f"{op} failed: {code}"
     low = msg.lower()
+    if "debugger" in low and op in ("CreateTrainingJob", "CreateHyperParameterTuningJob"):
+        return SmctlError(what, "this account cannot use SageMaker Debugger (closed to new "
+                                "customers since 2026-07-30): rerun with --no-debugger or set "
+                                "debugger = false / SMCTL_DEBUGGER=false", EXIT_USAGE)
     if code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation",
                 "UnrecognizedClientException", "InvalidClientTokenId", "SignatureDoesNotMatch",
                 "ExpiredToken", "ExpiredTokenException", "403"):

@@ -156,8 +156,9 @@ def add_parser(sub, parents) -> None:
                    help="CheckpointConfig S3 URI (default with --spot: "
                         "s3://BUCKET/PREFIX/checkpoints/JOB)")
     d = p.add_argument_group("debugger and profiler")
-    d.add_argument("--no-debugger", action="store_true",
-                   help="no Debugger hook, rules or profiler (accounts without SageMaker Debugger)")
+    d.add_argument("--no-debugger", dest="debugger", action="store_const", const=False,
+                   help="no Debugger hook, rules or profiler (accounts without SageMaker "
+                        "Debugger; also: debugger = false / SMCTL_DEBUGGER=false)")
     d.add_argument("--rules", default="all",
                    help="comma list of built-in rules (default: all: "
                         + ", ".join(debugger.BUILTIN_RULES) + ")")
@@ -172,6 +173,11 @@ def add_parser(sub, parents) -> None:
                                                        "rule evaluation results")
     s.add_argument("job", nargs="?", help="training job name (default: the last one started)")
     s.set_defaults(func=run_status)
+
+    st = sub.add_parser("stop", parents=parents, help="stop a training job (or --tuning job)")
+    st.add_argument("job", help="job name")
+    st.add_argument("--tuning", action="store_true", help="the name is a tuning job")
+    st.set_defaults(func=run_stop)
 
     lg = sub.add_parser("logs", parents=parents, help="follow a training job until it ends, "
                                                       "streaming its CloudWatch logs")
@@ -208,7 +214,7 @@ def build_training_request(settings: Settings, args: argparse.Namespace, api: Ap
     if args.spot or args.checkpoint_s3:
         req["CheckpointConfig"] = {"S3Uri": args.checkpoint_s3 or settings.s3_uri("checkpoints", name),
                                    "LocalPath": CHECKPOINT_LOCAL_PATH}
-    if not args.no_debugger:
+    if settings.debugger:
         req.update(debugger.debugger_request(
             region=api.region, rules=debugger.parse_rules(args.rules),
             debug_s3=settings.s3_uri("debug-output"),
@@ -308,6 +314,18 @@ def run_logs(args, settings: Settings, api: Api) -> int:
                  logStreamNamePrefix=job + "/", orderBy="LogStreamName")
         return 0
     return follow(api, job, Poller(args.poll_seconds), logs=not args.no_logs)
+
+
+def run_stop(args, settings: Settings, api: Api) -> int:
+    if args.tuning:
+        api.call("sagemaker", "stop_hyper_parameter_tuning_job",
+                 HyperParameterTuningJobName=args.job)
+    else:
+        api.call("sagemaker", "stop_training_job", TrainingJobName=args.job)
+    if not api.dry_run:
+        print(f"stopping {'tuning' if args.tuning else 'training'} job {args.job} "
+              "(spot/checkpointed jobs keep their last checkpoint in S3)")
+    return 0
 
 
 def run_status(args, settings: Settings, api: Api) -> int:
