@@ -559,6 +559,9 @@ def test_build_push_creates_repo_logs_in_tags_and_pushes(stubs, aws_env, monkeyp
     ecr.add_response("get_authorization_token", {"authorizationData": [{
         "authorizationToken": base64.b64encode(b"AWS:s3cret-token").decode(),
         "proxyEndpoint": f"https://123456789012.dkr.ecr.{REGION}.amazonaws.com"}]}, {})
+    ecr.add_client_error("describe_images", "ImageNotFoundException", "no image", 400,
+                         expected_params={"repositoryName": "dogs",
+                                          "imageIds": [{"imageTag": "abc123def456"}]})
     rc = main(["build-push", "--region", REGION, "--image", "imgclf:dev", "--repository", "dogs",
                "--tag", "abc123def456", "--latest"], client_factory=stubs)
     assert rc == 0
@@ -637,8 +640,8 @@ def _no_clients(service, region):
     (["cleanup", "--endpoint", "e1"], ["DescribeEndpoint", "DescribeEndpointConfig",
                                        "DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"]),
     (["build-push", "--image", "imgclf:dev", "--tag", "abc"],
-     ["DescribeRepositories", "CreateRepository", "GetAuthorizationToken", "docker", "docker",
-      "docker"]),
+     ["DescribeRepositories", "CreateRepository", "GetAuthorizationToken", "docker",
+      "DescribeImages", "docker", "docker"]),
 ])
 def test_dry_run_prints_valid_requests_and_sends_nothing(aws_env, capsys, argv, operations):
     rc = main([*argv, *base_args(), "--dry-run"], client_factory=_no_clients)
@@ -845,3 +848,34 @@ def test_stop_training_and_tuning_jobs(stubs, capsys):
     assert main(["stop", "j1", "--region", REGION], client_factory=stubs) == 0
     assert main(["stop", "t1", "--tuning", "--region", REGION], client_factory=stubs) == 0
     assert "stopping tuning job t1" in capsys.readouterr().out
+
+
+def test_build_push_skips_a_tag_already_in_ecr_and_refuses_latest_on_immutable(
+        stubs, aws_env, monkeypatch, capsys):
+    log = aws_env / "docker.log"
+    fake = aws_env / "fake-docker"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\ncat >/dev/null 2>&1 || true\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("DOCKER", str(fake))
+    repo = {"repositoryUri": f"123456789012.dkr.ecr.{REGION}.amazonaws.com/dogs",
+            "repositoryName": "dogs", "imageTagMutability": "IMMUTABLE",
+            "imageScanningConfiguration": {"scanOnPush": True}}
+    ecr = stubs["ecr"]
+    ecr.add_response("describe_repositories", {"repositories": [repo]},
+                     {"repositoryNames": ["dogs"]})
+    ecr.add_response("get_authorization_token", {"authorizationData": [{
+        "authorizationToken": base64.b64encode(b"AWS:t").decode(),
+        "proxyEndpoint": f"https://{repo['repositoryUri'].split('/')[0]}"}]}, {})
+    ecr.add_response("describe_images", {"imageDetails": [{"imageTags": ["abc"]}]},
+                     {"repositoryName": "dogs", "imageIds": [{"imageTag": "abc"}]})
+    assert main(["build-push", "--region", REGION, "--image", "imgclf:dev", "--repository", "dogs",
+                 "--tag", "abc"], client_factory=stubs) == 0
+    cap = capsys.readouterr()
+    assert cap.out.strip() == f"{repo['repositoryUri']}:abc"
+    assert "already in ECR" in cap.err
+    assert not [l for l in log.read_text().splitlines() if l.startswith(("tag ", "push "))]
+    ecr.add_response("describe_repositories", {"repositories": [repo]},
+                     {"repositoryNames": ["dogs"]})
+    assert main(["build-push", "--region", REGION, "--image", "imgclf:dev", "--repository", "dogs",
+                 "--tag", "abc", "--latest"], client_factory=stubs) == 1
+    assert "immutable tags" in capsys.readouterr().err

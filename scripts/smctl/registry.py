@@ -86,6 +86,9 @@ def ensure_ecr_repository(api: Api, name: str, mutable: bool) -> str:
         repo = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
         if not repo.get("imageScanningConfiguration", {}).get("scanOnPush"):
             api.log(f"note: repository {name} exists without scan on push")
+        if mutable and repo.get("imageTagMutability") == "IMMUTABLE":
+            raise SmctlError(f"repository {name} has immutable tags, so 'latest' cannot move",
+                             "push without --latest / PUSH_LATEST (the SHA tag is the reference)")
         if not mutable and repo.get("imageTagMutability") == "MUTABLE":
             api.log(f"note: repository {name} has mutable tags")
     except ecr.exceptions.RepositoryNotFoundException:
@@ -95,6 +98,19 @@ def ensure_ecr_repository(api: Api, name: str, mutable: bool) -> str:
                                      )["repository"]
         api.log(f"created ECR repository {repo['repositoryUri']} (scan on push)")
     return repo["repositoryUri"]
+
+
+def ecr_tag_exists(api: Api, repository: str, tag: str) -> bool:
+    """True if ``repository:tag`` is already in ECR (immutable tags cannot be pushed twice)."""
+    if api.dry_run:
+        api.call("ecr", "describe_images", repositoryName=repository, imageIds=[{"imageTag": tag}])
+        return False
+    ecr = api.client("ecr")
+    try:
+        return bool(ecr.describe_images(repositoryName=repository,
+                                        imageIds=[{"imageTag": tag}])["imageDetails"])
+    except ecr.exceptions.ImageNotFoundException:
+        return False
 
 
 def ecr_login(api: Api, registry_host: str) -> None:
@@ -125,6 +141,10 @@ def run_build_push(args, settings: Settings, api: Api) -> int:
         target = ensure_ecr_repository(api, repository, mutable=args.latest)
         ecr_login(api, target.split("/", 1)[0])
     tags = [tag] + (["latest"] if args.latest and tag != "latest" else [])
+    if not args.registry and ecr_tag_exists(api, repository, tag):
+        # Same commit, same tag: already there (and immutable). Only 'latest' may move.
+        api.log(f"{target}:{tag} is already in ECR: not pushing it again")
+        tags.remove(tag)
     for t in tags:
         for argv in ([docker_bin(), "tag", args.image, f"{target}:{t}"],
                      [docker_bin(), "push", f"{target}:{t}"]):
