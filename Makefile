@@ -48,6 +48,14 @@ sample-data: $(STAMP) ## build the small real sample set (Fashion-MNIST as JPEGs
 bench-train: $(STAMP) sample-data ## images/s: train.py pipeline vs in-memory tensors vs a naive course loop
 	$(PY) scripts/bench_train.py --data-dir $(SAMPLE_DIR)
 
+.PHONY: serve-host
+serve-host: $(STAMP) ## serve MODEL_DIR (default $(DEMO_DIR)/model) on the host like the image's `serve` (port PORT=8080)
+	SM_MODEL_DIR=$(or $(MODEL_DIR),$(DEMO_DIR)/model) SAGEMAKER_BIND_TO_PORT=$(or $(PORT),8080) PYTHONPATH=code $(PY) -m imgclf.serving.server
+
+.PHONY: bench-serve
+bench-serve: $(STAMP) ## serving: cold start, p50/p99 latency and req/s at concurrency 1 and 8, vs in-process forward
+	$(PY) scripts/bench_serve.py
+
 .PHONY: bench-diagnostics
 bench-diagnostics: $(STAMP) ## step time with the training diagnostics off / default / full (rules, profiler, smdebug)
 	$(PY) scripts/bench_diagnostics.py
