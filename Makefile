@@ -32,8 +32,12 @@ lock: ## re-pin constraints.txt (the full transitive set) from the current venv
 	  echo "# Used as pip constraints by the venv and the image so both resolve identically."; \
 	  $(PY) -m pip freeze --exclude-editable | grep -viE '^(pytest|pytest-timeout|iniconfig|pluggy|pygments)=='; } > constraints.txt
 
+.PHONY: system-deps
+system-deps: ## OS packages + Docker engine + base image for the tests (installs as root, else lists what is missing)
+	bash scripts/setup_system.sh
+
 .PHONY: test
-test: $(STAMP) ## run the whole test suite (creates the venv if missing)
+test: $(STAMP) system-deps ## run the whole test suite (creates the venv, sets up Docker when root)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast
