@@ -254,6 +254,7 @@ def test_train_spot_checkpoints_without_debugger(stubs, capsys):
         "EnableManagedSpotTraining": True,
         "CheckpointConfig": {"S3Uri": f"s3://{BUCKET}/imgclf/checkpoints/dogs-spot",
                              "LocalPath": "/opt/ml/checkpoints"},
+        "ProfilerConfig": {"DisableProfiler": True},
     }
     stubs["sagemaker"].add_response("create_training_job", {"TrainingJobArn": ARN}, expected)
     rc = main(["train", *base_args(), "--image-uri", IMAGE, "--name", "dogs-spot",
@@ -296,7 +297,8 @@ def test_train_from_best_of_tuning(stubs, aws_env):
         "StoppingCondition": ANY,
         # config < tuning's static + tuned < --hp
         "HyperParameters": {"epochs": "5", "patience": "3", "lr": "0.0042", "batch-size": "256",
-                            "seed": "7"}})
+                            "seed": "7"},
+        "ProfilerConfig": {"DisableProfiler": True}})
     rc = main(["train", *base_args(), "--image-uri", IMAGE, "--name", "final",
                "--from-tuning", "t3", "--hp", "seed=7", "--no-debugger"], client_factory=stubs)
     assert rc == 0
@@ -782,7 +784,8 @@ def test_rule_subset_and_unknown_rule(aws_env, capsys):
         ["Overfit", "VanishingGradient"]
     assert [c["CollectionName"] for c in req["DebugHookConfig"]["CollectionConfigurations"]] == \
         ["gradients", "losses"]
-    assert "ProfilerConfig" not in req and "ProfilerRuleConfigurations" not in req
+    assert req["ProfilerConfig"] == {"DisableProfiler": True}
+    assert "ProfilerRuleConfigurations" not in req
     assert main(["train", *base_args(), "--image-uri", IMAGE, "--rules", "overfitt", "--dry-run"]) == 2
     assert "unknown Debugger rule(s): overfitt" in capsys.readouterr().err
 
@@ -831,8 +834,9 @@ def test_debugger_off_from_env_and_the_debugger_error_hint(stubs, monkeypatch, c
     assert main(["train", *base_args(), "--image-uri", IMAGE, "--dry-run"],
                 client_factory=_no_clients) == 0
     req = json.loads(capsys.readouterr().out)[0]["request"]
-    assert not {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig",
+    assert not {"DebugHookConfig", "DebugRuleConfigurations",
                 "ProfilerRuleConfigurations"} & set(req)
+    assert req["ProfilerConfig"] == {"DisableProfiler": True}
     monkeypatch.delenv("SMCTL_DEBUGGER")
     stubs["sagemaker"].add_client_error(
         "create_training_job", "ValidationException",

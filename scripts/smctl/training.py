@@ -220,6 +220,9 @@ def build_training_request(settings: Settings, args: argparse.Namespace, api: Ap
             debug_s3=settings.s3_uri("debug-output"),
             profiler_s3=None if args.no_profiler else settings.s3_uri("profiler-output"),
             rule_image=args.rule_image or None, rule_instance_type=settings.rule_instance_type))
+    if not settings.debugger or args.no_profiler:
+        # Explicitly off (as the SageMaker SDK does): no Debugger system monitoring either.
+        req["ProfilerConfig"] = {"DisableProfiler": True}
     return req
 
 
