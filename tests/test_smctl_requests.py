@@ -883,3 +883,25 @@ def test_build_push_skips_a_tag_already_in_ecr_and_refuses_latest_on_immutable(
     assert main(["build-push", "--region", REGION, "--image", "imgclf:dev", "--repository", "dogs",
                  "--tag", "abc", "--latest"], client_factory=stubs) == 1
     assert "immutable tags" in capsys.readouterr().err
+
+
+def test_every_command_has_help_and_dry_run():
+    import argparse
+    from smctl.cli import build_parser
+
+    def leaves(parser, path=()):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield path, parser
+            return
+        for name, sub in subs[0].choices.items():
+            yield from leaves(sub, (*path, name))
+
+    found = dict(leaves(build_parser()))
+    assert {p[0] for p in found} >= {"config", "build-push", "data", "tune", "best", "train",
+                                     "status", "logs", "stop", "deploy", "invoke", "cleanup"}
+    assert {p[1] for p in found if p[0] == "data"} == {"fetch", "verify", "upload"}
+    for path, parser in found.items():
+        options = {o for a in parser._actions for o in a.option_strings}
+        assert "--dry-run" in options and "--help" in options, path
+        assert parser.format_help()
