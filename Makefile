@@ -114,7 +114,7 @@ REGISTRY    ?=
 PUSH_LATEST ?=
 
 .PHONY: build-push
-build-push: $(if $(filter command line environment,$(origin IMAGE)),,build) ## push $(IMAGE) to ECR tagged with the git SHA, print the URI (REGISTRY=host:port: another registry; IMAGE=tag: no build; PUSH_LATEST=1)
+build-push: $(if $(filter command line environment,$(origin IMAGE)),,build) ## build, push to ECR tagged with the git SHA, print the URI (IMAGE=tag: push it, no build; REGISTRY=host:port; PUSH_LATEST=1)
 	DOCKER=$(DOCKER) $(SMCTL) build-push --image "$(IMAGE)" $(if $(REGISTRY),--registry "$(REGISTRY)") $(if $(PUSH_LATEST),--latest)
 
 .PHONY: local-down
