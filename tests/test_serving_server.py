@@ -232,6 +232,28 @@ def test_keep_alive_connection_serves_many_requests(server):
     conn.close()
 
 
+def test_ping_tells_the_truth_when_workers_die(server):
+    """Kill every worker that holds the model: /ping goes 503 (MMS alone would still say 200)
+    until MMS has restarted them and they have reloaded; then requests work again."""
+    from imgclf.serving.handler import ready_workers
+    ready_dir = os.path.join(server.run_dir, "ready")
+    pids = ready_workers(ready_dir)
+    assert len(pids) == WORKERS
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=10)
+    codes, deadline = [], time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        codes.append(request(server.port, "GET", "/ping")[0])
+        if codes[-1] == 200:
+            break
+        time.sleep(0.2)
+    assert codes[0] == 503 and codes[-1] == 200, codes
+    assert not set(pids) & set(ready_workers(ready_dir))
+    status, _, body = invoke(server.port, encode(color_image("red")), "image/jpeg")
+    assert status == 200 and labels(body) == ["red"]
+
+
 # ---------------------------------------------------------------------- shutdown (run last)
 def test_sigterm_stops_server_and_all_workers(server):
     tree = psutil.Process(server.proc.pid).children(recursive=True)

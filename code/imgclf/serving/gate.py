@@ -238,18 +238,19 @@ class Gate:
         if (get(headers, "Expect") or "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         out_head = [request_line] + [f"{k}: {v}" for k, v in headers if k.lower() != "expect"]
-        for attempt in (0, 1):
-            if upstream is None:
-                upstream = await asyncio.open_connection(*self.upstream, limit=HEAD_LIMIT)
-            ur, uw = upstream
+        if upstream is not None and (upstream[1].is_closing() or upstream[0].at_eof()):
+            upstream[1].close()  # MMS closed the idle keep-alive connection
+            upstream = None
+        if upstream is None:
             try:
-                uw.write(("\r\n".join(out_head) + "\r\n\r\n").encode("latin-1"))
-                break
-            except (ConnectionError, RuntimeError):
-                uw.close()
-                upstream = None
-                if attempt:
-                    raise
+                upstream = await asyncio.open_connection(*self.upstream, limit=HEAD_LIMIT)
+            except OSError as e:
+                log.warning("model server unreachable: %s", e)
+                writer.write(json_response(502, {"error": "model server unavailable",
+                                                 "status": 502}, False))
+                return False, None
+        ur, uw = upstream
+        uw.write(("\r\n".join(out_head) + "\r\n\r\n").encode("latin-1"))
         try:
             if length is None:
                 await copy_chunked(reader, uw)
