@@ -18,16 +18,18 @@ def _find(findings, rule):
 def test_slow_dataset_triggers_data_loader_finding_and_report(tmp_path):
     cb = P.ProfilerCallback(interval=0.05)
     args = SimpleNamespace(num_workers=0, batch_size=32, amp="off")
-    # 50 ms per batch to "load", a tiny net to compute: the loader dominates
-    run_loop(mlp(), [cb], make_blobs(320, seed=1), make_blobs(64, seed=2), epochs=2,
-             batch_size=32, output_dir=tmp_path, data_delay=0.05, args=args)
+    # 100 ms per batch to "load", a tiny net to compute: the loader dominates (even when
+    # other work on a shared machine slows the compute down)
+    run_loop(mlp(), [cb], make_blobs(192, seed=1), make_blobs(64, seed=2), epochs=2,
+             batch_size=32, output_dir=tmp_path, data_delay=0.1, args=args)
     summary = json.loads((tmp_path / P.SUMMARY_FILE).read_text())
-    assert summary["train_step_count"] == 20 and summary["eval_step_count"] == 4
+    assert summary["train_step_count"] == 12 and summary["eval_step_count"] == 4
     assert len(summary["samples"]) >= 5
     assert {"cpu", "mem", "rss_mb"} <= set(summary["samples"][0])
     f = _find(summary["findings"], "DataLoaderWait")
     assert f["status"] == "IssuesFound", f
-    assert f["values"]["wait_percent"] > 40
+    assert f["values"]["wait_percent"] > 20
+    assert f["values"]["median_data_s"] >= 0.1
     assert "--num-workers" in f["suggestion"]
     assert _find(summary["findings"], "Dataloader")["status"] == "IssuesFound"  # 0 workers
     # CPU-only: the GPU rules say why they did not run

@@ -124,11 +124,15 @@ class SystemSampler(threading.Thread):
             self.cuda_index = device.index if device.index is not None else torch.cuda.current_device()
             self._gpu = _GpuProbe(self.cuda_index)
             self.gpu_total_mb = torch.cuda.get_device_properties(self.cuda_index).total_memory / 2**20
-        psutil.cpu_percent(None)   # first call primes the counter
+        self._cores = cpu_cores()
+        psutil.cpu_percent(None)   # first calls prime the counters
+        self._proc.cpu_percent(None)
 
     def sample(self) -> dict:
         ps = self._psutil
         s = {"t": round(time.time() - self.t0, 3), "cpu": ps.cpu_percent(None),
+             # this process (data-loader workers excluded), as % of all cores like "cpu"
+             "proc_cpu": self._proc.cpu_percent(None) / self._cores,
              "mem": ps.virtual_memory().percent, "rss_mb": self._proc.memory_info().rss / 2**20}
         if self.cuda_index is not None:
             import torch

@@ -55,7 +55,9 @@ def _plots(summary: dict) -> list[tuple[str, str]]:
     if samples:
         t = [s["t"] for s in samples]
         fig, ax = plt.subplots(figsize=(10, 3))
-        ax.plot(t, [s["cpu"] for s in samples], label="CPU (all cores) %")
+        ax.plot(t, [s["cpu"] for s in samples], label="CPU, whole host %")
+        if any(s.get("proc_cpu") is not None for s in samples):
+            ax.plot(t, [s.get("proc_cpu") for s in samples], label="CPU, training process %", lw=1)
         if any(s.get("gpu") is not None for s in samples):
             ax.plot(t, [s.get("gpu") for s in samples], label="GPU %")
         epoch_lines(ax)
