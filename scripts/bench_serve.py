@@ -7,7 +7,8 @@ an artifact of ``--arch`` (random weights: timing does not depend on them; ``--m
 use a trained one) and prints, in one run:
 
 - cold start: process start -> /ping 200, and -> first prediction returned;
-- p50/p99 latency and requests/s for one JPEG at concurrency 1 and 8 (keep-alive clients);
+- p50/p99 latency and requests/s for one JPEG at concurrency 1 and 8 (keep-alive clients), and
+  at concurrency 1 straight to MMS's loopback port (what the /ping gate in front costs);
 - in-process, same model and threads as one worker: forward pass alone (the limit) and the whole
   handler (decode + preprocess + forward + JSON), and served p50 / forward p50.
 """
@@ -190,6 +191,11 @@ def main(argv=None) -> int:
             plan = [line for line in f if "starting MMS with" in line]
         results["workers"] = plan[0].split("starting MMS with ")[1].split(";")[0] if plan else "?"
         results["served"] = [load(port, body, c, args.requests) for c in args.concurrency]
+        with open(log_path) as f:
+            mms = [line for line in f if "Inference address: http://127.0.0.1:" in line]
+        if mms:  # the same requests straight to MMS's loopback port: what the gate costs
+            mms_port = int(mms[0].rsplit(":", 1)[1])
+            results["direct_to_mms"] = load(mms_port, body, 1, args.requests)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -209,6 +215,10 @@ def main(argv=None) -> int:
     for s in r["served"]:
         print(f"{s['concurrency']:>11} {s['requests']:>8} {s['p50_ms']:>8.1f} {s['p99_ms']:>8.1f} "
               f"{s['req_per_s']:>7.1f}")
+    if "direct_to_mms" in r:
+        d = r["direct_to_mms"]
+        print(f"{'1, no gate':>11} {d['requests']:>8} {d['p50_ms']:>8.1f} {d['p99_ms']:>8.1f} "
+              f"{d['req_per_s']:>7.1f}   (straight to MMS on loopback: the gate's cost)")
     ip = r["in_process"]
     print(f"in-process ({ip['threads']} thread(s), like one worker): forward {ip['forward_p50_ms']:.1f}"
           f" ms, whole handler (decode+preprocess+forward+JSON) {ip['handler_p50_ms']:.1f} ms")
