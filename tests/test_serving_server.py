@@ -220,6 +220,22 @@ def test_sixteen_concurrent_clients_all_correct(server):
     assert [labels(b)[0] for _, b, _ in results] == jobs
 
 
+def test_chunked_bodies_and_their_limit(server):
+    def chunked(body: bytes):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        pieces = [body[i:i + 50_000] for i in range(0, len(body), 50_000)]
+        conn.request("POST", "/invocations", iter(pieces), {"Content-Type": "image/png"},
+                     encode_chunked=True)
+        resp = conn.getresponse()
+        out = resp.status, resp.read().decode()
+        conn.close()
+        return out
+    status, body = chunked(encode(color_image("green", size=(200, 200)), "PNG"))
+    assert status == 200 and labels(body) == ["green"]
+    status, body = chunked(b"\x89PNG" + b"\x00" * (PAYLOAD_MB * 2**20))
+    assert status == 413 and json.loads(body)["status"] == 413
+
+
 def test_keep_alive_connection_serves_many_requests(server):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     for i in range(6):

@@ -10,7 +10,8 @@ the public port from the first second and:
   worker process that loaded the model is alive;
 - refuses bodies over the payload limit with 413 and a JSON message before reading them;
 - streams every other request to MMS on loopback over one upstream connection per client
-  connection (keep-alive both sides), and bodies in both directions unchanged.
+  connection (keep-alive both sides), bodies unchanged (chunked request bodies are collected,
+  up to the limit, and sent with a Content-Length).
 """
 
 from __future__ import annotations
@@ -85,6 +86,25 @@ async def copy_exact(reader, writer, n: int) -> None:
             writer.write(data)
             await writer.drain()
         n -= len(data)
+
+
+async def read_chunked(reader, limit: int) -> bytes:
+    """De-chunk a request body into memory; 413 past ``limit`` bytes."""
+    parts, total = [], 0
+    while True:
+        try:
+            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise HttpError(400, "malformed chunked body") from None
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
+                pass
+            return b"".join(parts)
+        total += size
+        if total > limit:
+            raise HttpError(413, f"body is over the limit of {limit} bytes "
+                                 f"(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+        parts.append((await reader.readexactly(size + 2))[:-2])
 
 
 async def copy_chunked(reader, writer) -> int:
@@ -193,6 +213,7 @@ class Gate:
                     return
         except HttpError as e:
             writer.write(json_response(e.status, {"error": e.message, "status": e.status}, False))
+            await lingering_close(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
@@ -223,7 +244,7 @@ class Gate:
                 await lingering_close(reader, writer)
                 return False, upstream
             if length is None:
-                await copy_chunked(reader, None)
+                await read_chunked(reader, self.max_body)
             else:
                 await copy_exact(reader, None, length)
             if path == "/ping":
@@ -237,6 +258,12 @@ class Gate:
 
         if (get(headers, "Expect") or "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = None
+        if length is None:  # chunked: buffer (up to the limit) so MMS gets a plain body
+            body = await read_chunked(reader, self.max_body)
+            length = len(body)
+            headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
+            headers.append(("Content-Length", str(length)))
         out_head = [request_line] + [f"{k}: {v}" for k, v in headers if k.lower() != "expect"]
         if upstream is not None and (upstream[1].is_closing() or upstream[0].at_eof()):
             upstream[1].close()  # MMS closed the idle keep-alive connection
@@ -252,8 +279,8 @@ class Gate:
         ur, uw = upstream
         uw.write(("\r\n".join(out_head) + "\r\n\r\n").encode("latin-1"))
         try:
-            if length is None:
-                await copy_chunked(reader, uw)
+            if body is not None:
+                uw.write(body)
             else:
                 await copy_exact(reader, uw, length)
             await uw.drain()
