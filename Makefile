@@ -48,6 +48,15 @@ test-fast: $(STAMP) ## unit tests only (skips slow and container tests)
 sample-data: $(STAMP) ## build the small real sample set (Fashion-MNIST as JPEGs, dogImages layout)
 	$(PY) scripts/make_sample_data.py --out $(SAMPLE_DIR)
 
+.PHONY: demo-host
+demo-host: $(STAMP) sample-data ## the demo without Docker: train on the host, then predict the held-out test split
+	$(PY) code/train.py --data-dir $(SAMPLE_DIR) --model-dir $(DEMO_DIR)/model \
+	  --output-data-dir $(DEMO_DIR)/output/data --output-dir $(DEMO_DIR)/output \
+	  --checkpoint-dir $(DEMO_DIR)/checkpoints --epochs 4 --weights none --image-size 64 \
+	  --batch-size 64 --optimizer adamw --lr 0.002
+	$(PY) scripts/predict_folder.py --model-dir $(DEMO_DIR)/model --data-dir $(SAMPLE_DIR)/test
+	@echo "learning curves: $(DEMO_DIR)/output/data/learning_curves.png; reports: $(DEMO_DIR)/output/data/"
+
 .PHONY: bench-train
 bench-train: $(STAMP) sample-data ## images/s: train.py pipeline vs in-memory tensors vs a naive course loop
 	$(PY) scripts/bench_train.py --data-dir $(SAMPLE_DIR)
