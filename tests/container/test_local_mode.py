@@ -1,0 +1,63 @@
+"""docker-compose local mode (docker-compose.yml + scripts/local.sh): train, two hosts, failure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from container_support import TRAIN_HP, local_env, local_sh
+
+pytestmark = pytest.mark.container
+
+
+def test_train_writes_model_metrics_and_success(trained):
+    p, host = trained["proc"], trained["host"]
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    assert "Reporting training SUCCESS" in p.stdout + p.stderr
+    assert (host / "output" / "success").exists()
+    assert not (host / "output" / "failure").exists()
+    meta = json.loads((host / "model" / "model.json").read_text())
+    assert meta["arch"] == "resnet18" and meta["num_classes"] == 3
+    assert meta["classes"] == ["001.T-shirt_top", "002.Trouser", "003.Pullover"]
+    assert meta["image_size"] == 32
+    assert (host / "model" / "model.pt").stat().st_size > 1_000_000
+    data = host / "output" / "data"
+    for name in ("metrics.csv", "metrics.json", "learning_curves.png"):
+        assert (data / name).stat().st_size > 0, name
+    assert len((data / "metrics.csv").read_text().strip().splitlines()) == 1 + 3  # header + epochs
+    # hyperparameters arrived through input/config/hyperparameters.json as SageMaker passes them
+    assert "--epochs 3" in p.stdout + p.stderr
+    print(f"compose training took {trained['seconds']:.0f}s")
+
+
+def test_bad_training_input_writes_failure(image, sample_data, tmp_path):
+    """A train channel without any image: non-zero exit and /opt/ml/output/failure with a reason."""
+    data = tmp_path / "bad"
+    for split in ("train", "valid", "test"):
+        (data / split / "001.Nothing").mkdir(parents=True)
+        (data / split / "001.Nothing" / "notes.txt").write_text("not an image")
+    job = tmp_path / "job"
+    p = local_sh("train", local_env(image, DATA_DIR=data, JOB_DIR=job, HP=TRAIN_HP), check=False)
+    assert p.returncode != 0
+    failure = job / "algo-1" / "output" / "failure"
+    assert failure.exists(), (p.stdout + p.stderr)[-3000:]
+    reason = failure.read_text().strip()
+    assert reason and len(reason) < 2000, reason
+    assert not (job / "algo-1" / "output" / "success").exists()
+    assert not (job / "algo-1" / "model" / "model.pt").exists()
+
+
+def test_two_host_ddp_run_finishes(image, sample_data, tmp_path):
+    """algo-1 + algo-2 on the compose network: torchrun rendezvous on algo-1, gloo on CPU."""
+    job = tmp_path / "job2"
+    env = local_env(image, DATA_DIR=sample_data, JOB_DIR=job, HOSTS=2,
+                    HP="epochs=1 weights=none arch=resnet18 image-size=32 batch-size=16 num-workers=0")
+    p = local_sh("train", env, check=False, timeout=900)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-5000:]
+    assert "algo-1 exited with 0" in out and "algo-2 exited with 0" in out
+    assert "world=2" in out or "rank 1 of 2" in out, out[-3000:]
+    assert (job / "algo-1" / "model" / "model.pt").exists()
+    assert (job / "algo-1" / "output" / "success").exists()
+    assert (job / "algo-2" / "output" / "success").exists()
