@@ -320,7 +320,8 @@ def test_mms_properties_honour_sagemaker_env(monkeypatch, tmp_path):
     plan = server.plan_workers(s.workers, 1, 2, [], 8 * GB)
     props = dict(line.split("=", 1) for line in
                  server.mms_properties(1234, 1235, plan, s).splitlines())
-    assert props["default_response_timeout"] == "17"
+    assert props["default_response_timeout_seconds"] == "17"  # not MMS's minutes key
+    assert "default_response_timeout" not in props
     assert props["max_request_size"] == str(3 * 2**20)
     assert props["default_workers_per_model"] == "5"
     assert props["inference_address"] == "http://127.0.0.1:1234"

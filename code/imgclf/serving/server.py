@@ -149,7 +149,9 @@ def mms_properties(inference_port: int, management_port: int, plan: WorkerPlan,
         "default_service_handler": HANDLER_SERVICE,
         "default_workers_per_model": plan.workers,
         "number_of_gpu": plan.gpus,
-        "default_response_timeout": s.timeout_s,
+        # seconds; MMS's plain default_response_timeout is in MINUTES (x60 in ConfigManager),
+        # so the toolkit's SAGEMAKER_MODEL_SERVER_TIMEOUT=60 means an hour there
+        "default_response_timeout_seconds": s.timeout_s,
         "max_request_size": s.max_payload_bytes,
         "decode_input_request": "false",
         "enable_envvars_config": "true",  # MMS_* variables still tune MMS, as in the toolkit

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 DEFAULT_MODEL_DIR = "/opt/ml/model"
 DEFAULT_PORT = 8080
 DEFAULT_BIND_HOST = "0.0.0.0"  # SageMaker sends /ping and /invocations to port 8080 from outside
-DEFAULT_TIMEOUT_S = 60  # SAGEMAKER_MODEL_SERVER_TIMEOUT, the toolkit's default
+DEFAULT_TIMEOUT_S = 60  # SAGEMAKER_MODEL_SERVER_TIMEOUT (seconds), the toolkit's default
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker real-time invocation payload limit
 DEFAULT_TOPK = 5
 DEFAULT_MAX_IMAGES = 64  # images in one JSON request (one batch)
@@ -78,7 +78,8 @@ class ServerSettings:
             port=_int("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT),
             bind_host=os.environ.get("IMGCLF_BIND_HOST") or DEFAULT_BIND_HOST,
             workers=workers,
-            timeout_s=_int("SAGEMAKER_MODEL_SERVER_TIMEOUT", DEFAULT_TIMEOUT_S),
+            timeout_s=_int("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS",
+                           _int("SAGEMAKER_MODEL_SERVER_TIMEOUT", DEFAULT_TIMEOUT_S)),
             max_payload_bytes=max_payload_bytes(),
             startup_timeout_s=_int("SAGEMAKER_STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT_S),
             vmargs=os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", DEFAULT_VMARGS),
