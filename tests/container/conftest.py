@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from container_support import (DOCKER, IN_CI, REPO, TRAIN_HP, compose_cmd, docker,  # noqa: E402
-                               free_port, local_env, local_sh, run)
+from container_support import (DOCKER, IN_CI, REPO, SDK_ENABLED, TRAIN_HP, compose_cmd, docker,
+                               free_port, local_env, local_sh, run, start_sdk_venvs)
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +48,11 @@ def image(docker_ok) -> str:
     name = os.environ.get("IMGCLF_TEST_IMAGE")
     if name:
         docker("image", "inspect", name)
+        if SDK_ENABLED:
+            start_sdk_venvs()
         return name
+    if SDK_ENABLED:
+        start_sdk_venvs()  # in parallel with the build; test_sdk.py waits for them
     name = run(["make", "-s", "image-name"], cwd=REPO).stdout.strip()
     t0 = time.monotonic()
     run(["make", "build", f"IMAGE={name}"], cwd=REPO, timeout=3600)

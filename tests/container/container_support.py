@@ -60,3 +60,51 @@ def compose_cmd() -> list[str]:
     if subprocess.run([DOCKER, "compose", "version"], capture_output=True).returncode == 0:
         return [DOCKER, "compose"]
     return ["docker-compose"]
+
+
+# --- SageMaker SDK venvs -------------------------------------------------------------------
+# The SDKs conflict with the pinned set (numpy, protobuf): each gets a throwaway venv
+# (.venv-sdk2/, .venv-sdk3/, git-ignored, reused while the spec is unchanged). Installing v3
+# takes minutes, so the `image` fixture starts both installs in the background during the build.
+SDK_SPECS = {"2": "sagemaker>=2.250,<3", "3": "sagemaker>=3,<4"}
+SDK_ENABLED = os.environ.get("IMGCLF_TEST_SDK", "1") != "0"
+_sdk_jobs: dict[str, subprocess.Popen] = {}
+
+
+def _sdk_paths(major: str) -> tuple[Path, Path, Path]:
+    venv = REPO / f".venv-sdk{major}"
+    return venv, venv / "bin" / "python", venv / ".installed"
+
+
+def _sdk_ready(major: str) -> bool:
+    _, py, stamp = _sdk_paths(major)
+    return py.exists() and stamp.exists() and stamp.read_text() == SDK_SPECS[major]
+
+
+def start_sdk_venvs() -> None:
+    """Start creating the missing SDK venvs in the background (log: .venv-sdkN.log)."""
+    for major, spec in SDK_SPECS.items():
+        if _sdk_ready(major) or major in _sdk_jobs:
+            continue
+        venv, py, stamp = _sdk_paths(major)
+        script = (f"set -e; '{sys.executable}' -m venv --clear '{venv}'; "
+                  f"'{py}' -m pip install -q --disable-pip-version-check '{spec}'; "
+                  f"printf %s '{spec}' > '{stamp}'")
+        log = open(REPO / f".venv-sdk{major}.log", "w")
+        _sdk_jobs[major] = subprocess.Popen(["bash", "-c", script], stdout=log,
+                                            stderr=subprocess.STDOUT)
+
+
+def sdk_python(major: str, timeout: float = 1500) -> Path:
+    """The python of .venv-sdk<major>/, waiting for (or doing) its installation."""
+    if not _sdk_ready(major):
+        start_sdk_venvs()
+        job = _sdk_jobs.get(major)
+        if job is not None:
+            job.wait(timeout=timeout)
+        if not _sdk_ready(major):
+            log = REPO / f".venv-sdk{major}.log"
+            tail = log.read_text()[-3000:] if log.exists() else ""
+            raise AssertionError(f"installing {SDK_SPECS[major]} into .venv-sdk{major} failed:\n{tail}")
+    return _sdk_paths(major)[1]
+

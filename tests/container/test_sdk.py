@@ -13,38 +13,23 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from container_support import REPO, local_mode, run
+from container_support import REPO, SDK_ENABLED, local_mode, sdk_python
 
 pytestmark = [pytest.mark.container,
-              pytest.mark.skipif(os.environ.get("IMGCLF_TEST_SDK") == "0",
+              pytest.mark.skipif(not SDK_ENABLED,
                                  reason="IMGCLF_TEST_SDK=0")]
 
 HERE = Path(__file__).parent
-SDK_SPECS = {"2": "sagemaker>=2.250,<3", "3": "sagemaker>=3,<4"}
 TELEMETRY_OFF = """SchemaVersion: '1.0'
 SageMaker:
   PythonSDK:
     Modules:
       TelemetryOptOut: true
 """
-
-
-def sdk_python(major: str) -> Path:
-    """Create (once) .venv-sdk<major>/ with the SDK; returns its python."""
-    venv = REPO / f".venv-sdk{major}"
-    stamp = venv / ".installed"
-    py = venv / "bin" / "python"
-    if not stamp.exists() or stamp.read_text() != SDK_SPECS[major]:
-        run([sys.executable, "-m", "venv", "--clear", str(venv)])
-        run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", SDK_SPECS[major]],
-            timeout=1200)
-        stamp.write_text(SDK_SPECS[major])
-    return py
 
 
 def sdk_env(tmp_path: Path) -> dict:
@@ -83,3 +68,22 @@ def test_sdk_v2_local_mode_fit_deploy_predict(image, sample_data, tmp_path):
     assert summary["result"]["predictions"][0]["label"] in labels
     assert "telemetry" not in log.lower() or "opt" in log.lower()
     print(f"SDK v2 local mode: fit {summary['fit_s']}s, fit+deploy+predict {summary['total_s']}s")
+
+
+def test_sdk_v3_model_trainer_local_container(image, sample_data, tmp_path):
+    """v3 replaces the entrypoint with its own bash driver running `python train.py ...` from
+    the `code` channel: needs bash and python3 on PATH and the code importable there."""
+    py = sdk_python("3")
+    work = tmp_path / "v3"
+    p = subprocess.run([str(py), str(HERE / "sdk_v3_local.py"), image, str(sample_data),
+                        str(REPO / "code"), str(work)], capture_output=True, text=True,
+                       timeout=900, env=sdk_env(tmp_path), cwd=tmp_path)
+    log = p.stdout + p.stderr
+    assert p.returncode == 0, log[-6000:]
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    files = summary["files"]
+    assert any(f.endswith("model/model.pt") for f in files), files
+    assert any(f.endswith("model/model.json") for f in files), files
+    assert any(f.endswith("output/data/metrics.csv") for f in files), files
+    assert "epoch 1/1" in log
+    print(f"SDK v3 ModelTrainer local container: {summary['seconds']}s")
