@@ -10,7 +10,8 @@ use a trained one) and prints, in one run:
 - p50/p99 latency and requests/s for one JPEG at concurrency 1 and 8 (keep-alive clients), and
   at concurrency 1 straight to MMS's loopback port (what the /ping gate in front costs);
 - in-process, same model and threads as one worker: forward pass alone (the limit) and the whole
-  handler (decode + preprocess + forward + JSON), and served p50 / forward p50.
+  handler (decode + preprocess + forward + JSON), and served p50 / forward p50. Measured before
+  and after the server runs; the faster is kept (others may share the machine).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def percentile(sorted_values, q):
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
-def in_process(model_dir: str, body: bytes, threads: int, n: int = 30) -> dict:
+def in_process(model_dir: str, body: bytes, threads: int, n: int = 40) -> dict:
     import torch
 
     from imgclf.serving import handler
@@ -168,6 +169,9 @@ def main(argv=None) -> int:
     log_path = os.path.join(tmp, "serve.log")
     results: dict = {"arch": args.arch, "image_size": args.image_size, "jpeg_bytes": len(body),
                      "cpus": len(os.sched_getaffinity(0))}
+    cpus = results["cpus"]
+    planned = args.workers or min(cpus, 4)  # serve's CPU default (server.plan_workers)
+    results["in_process_before"] = in_process(model_dir, body, max(1, cpus // planned))
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "imgclf.serving.server"], env=env,
@@ -200,7 +204,12 @@ def main(argv=None) -> int:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     threads = int(results["workers"].split(" x ")[1].split()[0]) if " x " in results["workers"] else 1
-    results["in_process"] = in_process(model_dir, body, threads)
+    # The limit: measured twice (before too, see above) on a machine others may be using; the
+    # faster run is the closer estimate.
+    after = in_process(model_dir, body, threads)
+    before = results.pop("in_process_before")
+    results["in_process"] = min(before, after, key=lambda r: r["forward_p50_ms"]) \
+        if before["threads"] == threads else after
     served_p50 = results["served"][0]["p50_ms"]
     results["served_over_forward"] = served_p50 / results["in_process"]["forward_p50_ms"]
 
