@@ -169,6 +169,16 @@ def test_sixteen_bit_range_is_scaled_not_clipped():
     assert out.min() == 0 and out.max() == 255
 
 
+def test_pixel_limit_can_be_raised_above_pils_default(monkeypatch):
+    import subprocess
+    import sys
+    code = ("from PIL import Image; import imgclf.images as m; "
+            "print(m.MAX_PIXELS, Image.MAX_IMAGE_PIXELS)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "IMGCLF_MAX_PIXELS": "200000000"}).stdout
+    assert out.split() == ["200000000", "200000000"]
+
+
 def test_transparent_pixels_become_white():
     img = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
     assert decode_image(_encode(img, "PNG")).getpixel((0, 0)) == (255, 255, 255)

@@ -17,6 +17,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Pixel limit against decompression bombs (width x height); override with IMGCLF_MAX_PIXELS.
 MAX_PIXELS = int(os.environ.get("IMGCLF_MAX_PIXELS", str(64 * 1024 * 1024)))
+# PIL's own bomb check (warning over ~89 Mpx, error over twice that) must not undercut a larger
+# IMGCLF_MAX_PIXELS: align it, and let decode_image apply the limit with a clear message.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
