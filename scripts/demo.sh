@@ -14,7 +14,7 @@ IMAGE="${IMAGE:-$(make -s image-name)}"
 SAMPLE_DIR="${SAMPLE_DIR:-sample_data/fashion}"
 DEMO_DIR="${DEMO_DIR:-local/demo}"
 # weights=none: no ImageNet weights offline. 28 px photos: 32 px crops train fast on a CPU.
-HP="${HP:-epochs=4 weights=none arch=resnet18 image-size=32 batch-size=64 lr=0.05}"
+HP="${HP:-epochs=3 weights=none arch=resnet18 image-size=32 batch-size=64}"
 export IMGCLF_IMAGE="$IMAGE" DATA_DIR="$SAMPLE_DIR" JOB_DIR="$DEMO_DIR" HP HOSTS=1 PYTHON="$PY"
 export SERVE_PORT="${SERVE_PORT:-8080}"
 step() { printf '\n=== %s\n' "$*"; }
@@ -29,7 +29,7 @@ step "sample data in $SAMPLE_DIR"
 
 trap 'step "tear down"; bash scripts/local.sh down >/dev/null 2>&1 || true' EXIT
 step "train in the container (docker-compose service train; $HP)"
-bash scripts/local.sh train 2>&1 | grep -E "epoch|test|SUCCESS|FAILURE|ERROR" || true
+bash scripts/local.sh train 2>&1 | grep -E "^epoch [0-9]|^average test|Reporting training|ERROR" || true
 [ -f "$DEMO_DIR/algo-1/output/success" ] || { echo "training failed: $(cat "$DEMO_DIR/algo-1/output/failure" 2>/dev/null)"; exit 1; }
 
 step "serve (docker-compose service serve on 127.0.0.1:$SERVE_PORT)"
