@@ -129,3 +129,7 @@ build-push: $(if $(filter command line environment,$(origin IMAGE)),,build) ## b
 .PHONY: local-down
 local-down: ## stop and remove the local-mode containers
 	$(LOCAL_ENV) bash scripts/local.sh down
+
+.PHONY: test-container
+test-container: $(STAMP) ## container tests only (builds the image once; IMGCLF_TEST_IMAGE=tag reuses one)
+	$(PY) -m pytest -m container tests/container $(PYTEST_ARGS)
