@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Create the Dockerfile's base image from Debian's mirror with debootstrap, for machines that
-# can't pull from a registry (this build machine, air-gapped sites). Does nothing when the tag
-# already exists (pulled or built before), so it is safe to call before every build.
+# Make sure the Dockerfile's base image exists: nothing to do when the tag is there; else pull
+# it; where no registry is reachable (this build machine, air-gapped sites) create it from
+# Debian's mirror with debootstrap. Safe to call before every build (`make build` does).
 #   bash scripts/bootstrap_base_image.sh [TAG]        # default debian:bookworm-slim
-# Env: DEBIAN_MIRROR (default http://deb.debian.org/debian), SUITE (default from the tag, bookworm).
+# Env: DEBIAN_MIRROR (default http://deb.debian.org/debian), SUITE (default from the tag,
+# bookworm), BOOTSTRAP_NO_PULL=1 (skip the pull), PULL_TIMEOUT_S (120).
 # Needs root (debootstrap) and about 30 s.
 set -euo pipefail
 
@@ -16,7 +17,17 @@ if "$DOCKER" image inspect "$TAG" >/dev/null 2>&1; then
     echo "bootstrap_base_image: $TAG exists, nothing to do"
     exit 0
 fi
+# Where a registry is reachable (most laptops) a pull is all it takes; here it fails at once.
+if [ "${BOOTSTRAP_NO_PULL:-0}" != 1 ] && timeout "${PULL_TIMEOUT_S:-120}" "$DOCKER" pull -q "$TAG" >/dev/null 2>&1; then
+    echo "bootstrap_base_image: pulled $TAG"
+    exit 0
+fi
 command -v debootstrap >/dev/null || PATH="$PATH:/usr/sbin:/sbin"
+if ! command -v debootstrap >/dev/null; then
+    echo "bootstrap_base_image: cannot pull $TAG and debootstrap is not installed" \
+         "(apt-get install debootstrap)" >&2
+    exit 1
+fi
 
 rootfs="$(mktemp -d /tmp/rootfs.XXXXXX)"
 trap 'rm -rf "$rootfs"' EXIT
