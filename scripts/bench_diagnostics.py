@@ -5,9 +5,10 @@
     python scripts/bench_diagnostics.py --bench train --data-dir sample_data/fashion --repeats 3
 
 ``--bench loop`` (default) drives ResNet-18 on in-memory tensors through the Callback methods
-exactly like the loop does, alternating blocks of steps per mode many times and comparing the
-median step time: it isolates the diagnostics' cost from data loading and from drift on a
-shared machine. ``--bench train`` runs ``imgclf.training.main`` per mode on the same data and
+exactly like the loop does, alternating blocks of steps per mode many times; it reports the
+process CPU time per step (all threads, the profiler's sampler thread included: robust when other
+work shares the machine) and the wall time per step (what a dedicated machine sees). It
+isolates the diagnostics' cost from data loading and from drift on a shared machine. ``--bench train`` runs ``imgclf.training.main`` per mode on the same data and
 seed, interleaving the runs (off, default, full, off, ...); throughput is train images per
 second of epoch time, epoch 1 excluded (warm-up), median over repeats. Modes:
 
@@ -87,6 +88,8 @@ def bench_loop(modes: list[str], a: argparse.Namespace) -> dict:
         cbs = CallbackList(diagnostics.build_callbacks(args))
         setups[m] = (ctx, cbs)
     times = {m: [] for m in modes}
+    cpu = {m: 0.0 for m in modes}
+    in_cb = {m: 0.0 for m in modes}   # wall time inside the callbacks: the direct overhead
     for m in modes:
         setups[m][1].on_train_begin(setups[m][0])
         setups[m][1].on_epoch_begin(setups[m][0], 1)
@@ -94,25 +97,33 @@ def bench_loop(modes: list[str], a: argparse.Namespace) -> dict:
         for m in modes:
             ctx, cbs = setups[m]
             model, opt, crit = ctx.model, ctx.optimizer, ctx.criterion
+            c0 = time.process_time()
             for _ in range(a.block):
                 t0 = time.perf_counter()
                 step = ctx.global_step
                 cbs.on_step_begin(ctx, "train", step)
+                t1 = time.perf_counter()
                 loss = crit(model(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                t2 = time.perf_counter()
                 cbs.on_after_backward(ctx, step, loss.item())
+                t3 = time.perf_counter()
                 opt.step()
-                dt = time.perf_counter() - t0
-                cbs.on_step_end(ctx, "train", step, loss.item(), len(x), 0.0, dt)
+                t4 = time.perf_counter()
+                cbs.on_step_end(ctx, "train", step, loss.item(), len(x), 0.0, t4 - t0)
+                t5 = time.perf_counter()
                 ctx.global_step += 1
-                times[m].append(time.perf_counter() - t0)
+                times[m].append(t5 - t0)
+                in_cb[m] += (t1 - t0) + (t3 - t2) + (t5 - t4)
+            cpu[m] += time.process_time() - c0
     for m in modes:
         ctx, cbs = setups[m]
         cbs.on_epoch_end(ctx, 1, {"train_loss": 1.0, "valid_loss": 1.0})
         cbs.on_train_end(ctx, {})
-    # median: robust to other load; mean: includes the periodic costs (every 10/100 steps)
-    return {m: (statistics.median(ts), statistics.fmean(ts)) for m, ts in times.items()}
+    # CPU s/step (includes the periodic costs, every 10/100 steps) and median wall s/step
+    return {m: (cpu[m] / len(times[m]), statistics.median(times[m]), in_cb[m] / len(times[m]))
+            for m in modes}
 
 
 def main(argv=None) -> int:
@@ -135,12 +146,15 @@ def main(argv=None) -> int:
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     if a.bench == "loop":
         res = bench_loop(modes, a)
-        b_med, b_mean = res[modes[0]]
-        print(f"resnet18 {a.image_size}px batch {a.batch_size}, {a.blocks}x{a.block} steps per mode")
-        print(f"{'mode':8s} {'median ms/step':>15s} {'ratio':>7s} {'mean ms/step':>13s} {'ratio':>7s}")
+        b_cpu, b_wall, _ = res[modes[0]]
+        print(f"resnet18 {a.image_size}px batch {a.batch_size}, {a.blocks}x{a.block} steps per mode, "
+              f"{__import__('torch').get_num_threads()} torch threads")
+        print(f"{'mode':8s} {'CPU ms/step':>12s} {'ratio':>7s} {'wall ms/step (median)':>22s} "
+              f"{'ratio':>7s} {'in callbacks ms/step':>21s} {'% of off step':>14s}")
         for m in modes:
-            med, mean = res[m]
-            print(f"{m:8s} {med * 1000:15.1f} {med / b_med:7.3f} {mean * 1000:13.1f} {mean / b_mean:7.3f}")
+            c, w, cb = res[m]
+            print(f"{m:8s} {c * 1000:12.1f} {c / b_cpu:7.3f} {w * 1000:22.1f} {w / b_wall:7.3f} "
+                  f"{cb * 1000:21.2f} {100 * cb / b_wall:14.2f}")
         return 0
     results = {m: [] for m in modes}
     for r in range(a.repeats):

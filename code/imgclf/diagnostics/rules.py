@@ -571,10 +571,11 @@ class RulesCallback(Callback):
                 self._handle(ctx, self.cores["VanishingGradient"].observe_gradients(
                     step, {n: float(v) for (n, _), v in zip(named, means.tolist())}))
             if want_pwi:
-                flat = torch.cat([g.detach().float().flatten() for _, g in named])
-                if flat.numel() > 200_000:   # quantile of a uniform sample: same percentiles
-                    idx = torch.randint(0, flat.numel(), (200_000,), device=flat.device)
-                    flat = flat[idx]
+                # percentiles of an evenly strided sample (~200k values) of all gradient
+                # values: no 11M-element copy, same 5th/95th percentiles within noise
+                total = sum(g.numel() for _, g in named)
+                stride = max(1, total // 200_000)
+                flat = torch.cat([g.detach().flatten()[::stride].float() for _, g in named])
                 q = torch.quantile(flat, torch.tensor([0.05, 0.95], device=flat.device)).cpu()
                 pwi.observe_gradient_range(step, float(q[0]), float(q[1]))
                 if self._act_vars:
