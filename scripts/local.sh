@@ -49,7 +49,7 @@ train() {
         compose up --no-color algo-1 algo-2
         local rc=0 code
         for svc in algo-1 algo-2; do
-            code="$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$(compose ps -q "$svc")")"
+            code="$("$DOCKER" inspect -f "{{.State.ExitCode}}" "$(compose ps -a -q "$svc")")"
             echo "local.sh: $svc exited with $code"
             [ "$code" = 0 ] || rc=1
         done
