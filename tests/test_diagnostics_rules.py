@@ -139,3 +139,19 @@ def test_stop_under_ddp_waits_for_epoch_end_and_agrees(tmp_path):
     assert first < 31                                  # fired inside epoch 1 (32 steps)...
     assert ctx.global_step == 32 and len(ctx.history) == 1   # ...stopped after it, together
     assert "LossNotDecreasing" in ctx.stop_reason
+
+
+def test_resumed_run_skips_initialization_and_keeps_overtraining_patience(tmp_path):
+    from types import SimpleNamespace
+
+    from imgclf.callbacks import TrainContext
+
+    cb = R.RulesCallback(rule_params={"Overtraining": {"patience_validation": 3}})
+    ctx = TrainContext(model=mlp(), optimizer=None, criterion=None, args=SimpleNamespace(),
+                       device=torch.device("cpu"), output_dir=str(tmp_path), global_step=40,
+                       history=[{"train_loss": 1.0 - 0.1 * i, "valid_loss": v}
+                                for i, v in enumerate([1.0, 1.2, 1.3])])
+    cb.on_train_begin(ctx)
+    assert "PoorWeightInitialization" not in cb.cores and cb._act_handles == []
+    cb.on_epoch_end(ctx, 4, {"train_loss": 0.6, "valid_loss": 1.4})   # 3rd epoch w/o improvement
+    assert cb.cores["Overtraining"].evaluations[-1].issues

@@ -109,3 +109,15 @@ def test_offline_refuses_empty_folder(tmp_path):
     from imgclf.diagnostics.smdebug_rules import run_offline
     with pytest.raises(FileNotFoundError):
         run_offline(str(tmp_path))
+
+
+def test_without_smdebug_training_is_unchanged(tmp_path, monkeypatch, caplog):
+    import sys
+    monkeypatch.setitem(sys.modules, "smdebug.pytorch", None)   # import now raises ImportError
+    caplog.set_level(logging.INFO, logger="imgclf.diagnostics.debugger")
+    cb = debugger.SmdebugCallback(use_sagemaker_config=False, out_dir=str(tmp_path / "smd"))
+    ctx = run_loop(mlp(), [cb], make_blobs(32, seed=1), make_blobs(16, seed=2), epochs=1,
+                   batch_size=16, output_dir=tmp_path)
+    assert cb.hook is None and len(ctx.history) == 1
+    assert "smdebug: not importable" in caplog.text
+    assert not (tmp_path / "smd").exists()

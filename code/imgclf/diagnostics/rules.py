@@ -539,6 +539,15 @@ class RulesCallback(Callback):
     # -- callback methods ---------------------------------------------------------------------
     def on_train_begin(self, ctx: TrainContext) -> None:
         self._output_dir = ctx.output_dir if ctx.is_main else None
+        if ctx.global_step > 0:   # resumed from a checkpoint
+            if self.cores.pop("PoorWeightInitialization", None) is not None and ctx.is_main:
+                log.info("rule=PoorWeightInitialization status=NotEvaluated reason=\"resumed at "
+                         "step %d: the weights are no longer the initial ones\"", ctx.global_step)
+            # Overtraining's patience spans epochs: replay the epochs before the resume
+            for h in ctx.history:
+                if "Overtraining" in self.cores:
+                    self.cores["Overtraining"].observe_phase(
+                        ctx.global_step, h.get("train_loss"), h.get("valid_loss"))
         if "PoorWeightInitialization" in self.cores:
             self._install_activation_hooks(ctx.model)
         log.info("rules: evaluating %s (gradient sample every %d steps)%s",
