@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CODE_DIR, COLORS, FAST_ARGS, train_cli, write_color_images
+from training_support import CODE_DIR, COLORS, FAST_ARGS, train_cli, write_color_images
 from imgclf.artifact import load_artifact
 from imgclf.metrics import parse_metrics
 from imgclf.transforms import preprocess_batch

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import COLORS, write_color_images
+from training_support import COLORS, write_color_images
 from imgclf import metrics
 from imgclf.artifact import ArtifactError, ModelMeta, load_artifact, read_meta, save_artifact
 from imgclf.config import SEED_SEARCH_SPACE, build_parser, parse_args
