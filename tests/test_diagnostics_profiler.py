@@ -1,7 +1,6 @@
 """Profiler: samples, step breakdown, findings, HTML report, torch.profiler trace."""
 
 import json
-import time
 from types import SimpleNamespace
 
 import pytest

@@ -394,7 +394,8 @@ class ProfilerCallback(Callback):
 
         self.prof = profile(activities=acts, schedule=schedule(wait=wait, warmup=1,
                                                                active=self.trace_steps, repeat=1),
-                            on_trace_ready=ready, record_shapes=False, with_stack=False)
+                            on_trace_ready=ready, record_shapes=False, with_stack=False,
+                            acc_events=True)   # one cycle; also silences a per-cycle warning
         self.prof.start()
 
     def on_step_end(self, ctx: TrainContext, mode: str, step: int, loss: float,
