@@ -77,8 +77,9 @@ def trained(image, sample_data, tmp_path_factory) -> dict:
     env = local_env(image, DATA_DIR=sample_data, JOB_DIR=job, HOSTS=1, HP=TRAIN_HP)
     t0 = time.monotonic()
     p = local_sh("train", env, check=False)
-    return {"proc": p, "job": job, "host": job / "algo-1", "model": job / "algo-1" / "model",
-            "seconds": time.monotonic() - t0, "env": env}
+    yield {"proc": p, "job": job, "host": job / "algo-1", "model": job / "algo-1" / "model",
+           "seconds": time.monotonic() - t0, "env": env}
+    local_sh("down", env, check=False)  # the compose network `run` leaves behind
 
 
 @pytest.fixture(scope="session")

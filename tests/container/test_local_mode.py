@@ -38,7 +38,11 @@ def test_bad_training_input_writes_failure(image, sample_data, tmp_path):
         (data / split / "001.Nothing").mkdir(parents=True)
         (data / split / "001.Nothing" / "notes.txt").write_text("not an image")
     job = tmp_path / "job"
-    p = local_sh("train", local_env(image, DATA_DIR=data, JOB_DIR=job, HP=TRAIN_HP), check=False)
+    env = local_env(image, DATA_DIR=data, JOB_DIR=job, HP=TRAIN_HP)
+    try:
+        p = local_sh("train", env, check=False)
+    finally:
+        local_sh("down", env, check=False)
     assert p.returncode != 0
     failure = job / "algo-1" / "output" / "failure"
     assert failure.exists(), (p.stdout + p.stderr)[-3000:]
@@ -53,7 +57,10 @@ def test_two_host_ddp_run_finishes(image, sample_data, tmp_path):
     job = tmp_path / "job2"
     env = local_env(image, DATA_DIR=sample_data, JOB_DIR=job, HOSTS=2,
                     HP="epochs=1 weights=none arch=resnet18 image-size=32 batch-size=16 num-workers=0")
-    p = local_sh("train", env, check=False, timeout=900)
+    try:
+        p = local_sh("train", env, check=False, timeout=900)
+    finally:
+        local_sh("down", env, check=False)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-5000:]
     assert "algo-1 exited with 0" in out and "algo-2 exited with 0" in out
