@@ -169,14 +169,25 @@ def test_sixteen_bit_range_is_scaled_not_clipped():
     assert out.min() == 0 and out.max() == 255
 
 
-def test_pixel_limit_can_be_raised_above_pils_default(monkeypatch):
-    import subprocess
-    import sys
-    code = ("from PIL import Image; import imgclf.images as m; "
-            "print(m.MAX_PIXELS, Image.MAX_IMAGE_PIXELS)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "IMGCLF_MAX_PIXELS": "200000000"}).stdout
-    assert out.split() == ["200000000", "200000000"]
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but holds no pixel data (a 'bomb' header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def test_pixel_limit_is_checked_from_the_header_and_can_be_raised(monkeypatch):
+    import imgclf.images
+    bomb = _png_header(10_000, 10_000)  # 100 Mpx: over the default 64 Mpx and over PIL's 89 Mpx
+    with pytest.raises(ImageDecodeError, match="10000x10000 = 100000000 pixels, over the limit"):
+        decode_image(bomb)
+    monkeypatch.setattr(imgclf.images, "MAX_PIXELS", 200_000_000)
+    with pytest.raises(ImageDecodeError, match="cannot decode"):  # passes the limit, no pixels
+        decode_image(bomb)
 
 
 def test_transparent_pixels_become_white():
