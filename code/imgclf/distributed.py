@@ -81,6 +81,15 @@ def init() -> DistInfo:
     return info
 
 
+def any_rank(flag: bool, device) -> bool:
+    """True on every rank when ``flag`` is true on at least one (a no-op without DDP)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

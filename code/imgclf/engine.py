@@ -113,8 +113,8 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, ctx:
         ctx.global_step += 1
         bar.update(i + 1, loss_value)
         end = now
-        if ctx.stop_reason:
-            break
+        if ctx.stop_reason and not (dist.is_available() and dist.is_initialized()):
+            break  # under DDP every rank must run the same steps; training.py stops them together
     bar.close()
     totals = torch.stack([total_loss, torch.tensor(float(n_images), device=device)])
     if dist.is_available() and dist.is_initialized():

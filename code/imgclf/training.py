@@ -198,7 +198,8 @@ def run(args) -> int:
         if args.patience and best["epoch"] is not None and epoch - best["epoch"] >= args.patience:
             ctx.stop_reason = ctx.stop_reason or (
                 f"early stopping: no better valid loss for {args.patience} epoch(s)")
-        if ctx.stop_reason:
+        if distributed.any_rank(bool(ctx.stop_reason), device):
+            ctx.stop_reason = ctx.stop_reason or "stop requested on another rank"
             log.info("stopping after epoch %d: %s", epoch, ctx.stop_reason)
             break
 
