@@ -109,8 +109,8 @@ def wait(url: str, timeout: float) -> None:
 def top_predictions(body) -> list[tuple[str, float]]:
     """(label, probability) pairs, best first, from the server's JSON answer.
 
-    Accepts {"predictions": [...]}, a bare list, or one dict; each entry {"label"|"class",
-    "probability"|"score"}.
+    Accepts {"predictions": [...]} (the first image's "topk" list when entries have one), a bare
+    list, or one dict; each entry {"label"|"class", "probability"|"score"}.
     """
     if isinstance(body, dict) and "predictions" in body:
         body = body["predictions"]
@@ -118,6 +118,8 @@ def top_predictions(body) -> list[tuple[str, float]]:
         body = [body]
     if body and isinstance(body[0], list):  # a batch of one
         body = body[0]
+    if body and isinstance(body[0], dict) and "topk" in body[0]:  # one entry per image
+        body = body[0]["topk"]
     out = []
     for p in body:
         label = p.get("label", p.get("class"))

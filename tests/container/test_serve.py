@@ -40,6 +40,7 @@ def test_invocations_agree_with_the_model_and_beat_chance(endpoint, trained, sam
         preds = local_mode.invoke(endpoint, img)
         label, prob = preds[0]
         assert label in meta.classes and 0.0 <= prob <= 1.0
+        assert len(preds) == min(5, len(meta.classes))  # default top-5, capped at the classes
         assert [p for _, p in preds] == sorted((p for _, p in preds), reverse=True)
         served.append(label)
         correct += label == img.parent.name
