@@ -18,27 +18,10 @@ import argparse
 import logging
 import os
 
+from imgclf.config import option as _flag
+from imgclf.config import str2bool
+
 log = logging.getLogger(__name__)
-
-
-def str2bool(value) -> bool:
-    """argparse type for booleans; SageMaker passes JSON true/false as "True"/"False"."""
-    if isinstance(value, bool):
-        return value
-    v = str(value).strip().lower()
-    if v in ("1", "true", "t", "yes", "y", "on"):
-        return True
-    if v in ("0", "false", "f", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
-
-
-def _flag(group, name: str, **kw) -> None:
-    """Add ``--a-b`` and ``--a_b`` (SageMaker passes hyperparameter names verbatim)."""
-    dashed = "--" + name.replace("_", "-")
-    underscored = "--" + name.replace("-", "_")
-    opts = [dashed] if dashed == underscored else [dashed, underscored]
-    group.add_argument(*opts, dest=name.replace("-", "_"), **kw)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,31 +30,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output-data-dir (rules_report.json, profiler_report.html, profiler_summary.json)")
     _flag(g, "rules", type=str2bool, default=True, metavar="BOOL",
           help="evaluate LossNotDecreasing, VanishingGradient, Overfit, Overtraining and "
-               "PoorWeightInitialization during training (default: True)")
+               "PoorWeightInitialization during training")
     _flag(g, "rules-interval", type=int, default=10, metavar="N",
-          help="sample per-layer gradient statistics every N train steps (default: 10)")
+          help="sample per-layer gradient statistics every N train steps")
     _flag(g, "rule-params", default="", metavar="RULE.PARAM=V,...",
           help="override rule thresholds, e.g. 'overfit.ratio_threshold=0.2,"
-               "overtraining.patience_validation=3' (default: AWS's documented defaults)")
+               "overtraining.patience_validation=3'; unset = AWS's documented defaults")
     _flag(g, "stop-on-rule", default="", metavar="RULES",
           help="comma-separated rules that stop training when they find issues, e.g. "
-               "'overtraining,loss_not_decreasing' (default: none)")
+               "'overtraining,loss_not_decreasing'")
     _flag(g, "profiler", type=str2bool, default=True, metavar="BOOL",
-          help="sample CPU/GPU/memory in the background and write profiler_report.html "
-               "(default: True)")
+          help="sample CPU/GPU/memory in the background and write profiler_report.html")
     _flag(g, "profiler-interval", type=float, default=1.0, metavar="SECONDS",
-          help="system-metrics sampling period (default: 1.0)")
+          help="system-metrics sampling period")
     _flag(g, "profiler-trace-steps", type=int, default=0, metavar="N",
           help="record a torch.profiler trace of N train steps (Chrome/Perfetto JSON); "
-               "0 = off (default: 0)")
+               "0 = off")
     _flag(g, "profiler-trace-start", type=int, default=5, metavar="STEP",
-          help="first train step of the torch.profiler window (default: 5)")
+          help="first train step of the torch.profiler window")
     _flag(g, "debugger", type=str2bool, default=True, metavar="BOOL",
-          help="create the smdebug hook when SageMaker wrote a debug hook config "
-               "(default: True)")
+          help="create the smdebug hook when SageMaker wrote a debug hook config")
     _flag(g, "smdebug-out-dir", default="", metavar="DIR",
           help="record losses/weights/gradients with smdebug to DIR without SageMaker; "
-               "analyse with 'python -m imgclf.diagnostics.smdebug_rules DIR' (default: off)")
+               "analyse with 'python -m imgclf.diagnostics.smdebug_rules DIR'")
 
 
 def build_callbacks(args: argparse.Namespace) -> list:
