@@ -66,6 +66,9 @@ demo-host: $(STAMP) sample-data ## the demo without Docker: train on the host, t
 	$(PY) scripts/predict_folder.py --model-dir $(DEMO_DIR)/model --data-dir $(SAMPLE_DIR)/test
 	@echo "learning curves: $(DEMO_DIR)/output/data/learning_curves.png; reports: $(DEMO_DIR)/output/data/"
 
+.PHONY: bench
+bench: bench-train bench-serve bench-diagnostics ## all benchmarks, each against its baseline, side by side
+
 .PHONY: bench-train
 bench-train: $(STAMP) sample-data ## images/s: train.py pipeline vs in-memory tensors vs a naive course loop
 	$(PY) scripts/bench_train.py --data-dir $(SAMPLE_DIR)
