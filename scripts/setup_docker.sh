@@ -18,7 +18,12 @@ DOCKERD_WAIT_S="${DOCKERD_WAIT_S:-60}"
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
-[ -x /usr/bin/docker ] || command -v docker >/dev/null || missing+=(docker.io)
+# A docker *client* alone is not enough (fresh machines here ship /usr/local/bin/docker without an
+# engine): install Debian's engine unless one answers already or dockerd is installed.
+if ! "${DOCKER:-docker}" info >/dev/null 2>&1 && ! command -v dockerd >/dev/null \
+        && [ ! -x /usr/sbin/dockerd ]; then
+    missing+=(docker.io)
+fi
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 if [ "${#missing[@]}" -gt 0 ]; then
