@@ -14,7 +14,7 @@ IMAGE="${IMAGE:-$(make -s image-name)}"
 SAMPLE_DIR="${SAMPLE_DIR:-sample_data/fashion}"
 DEMO_DIR="${DEMO_DIR:-local/demo}"
 # weights=none: no ImageNet weights offline. 28 px photos: 32 px crops train fast on a CPU.
-HP="${HP:-epochs=3 weights=none arch=resnet18 image-size=32 batch-size=64}"
+HP="${HP:-epochs=6 weights=none arch=resnet18 image-size=32 batch-size=64 optimizer=adamw lr=0.002}"
 export IMGCLF_IMAGE="$IMAGE" DATA_DIR="$SAMPLE_DIR" JOB_DIR="$DEMO_DIR" HP HOSTS=1 PYTHON="$PY"
 export SERVE_PORT="${SERVE_PORT:-8080}"
 step() { printf '\n=== %s\n' "$*"; }
