@@ -285,3 +285,39 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert lrs.index(max(lrs)) == 9 and lrs[-1] < 0.001
     assert all(b <= a + 1e-12 for a, b in zip(lrs[10:], lrs[11:]))
     assert not any(math.isnan(x) for x in lrs)
+
+
+def test_a_weights_file_with_as_many_classes_keeps_its_trained_head(tmp_path):
+    src = build_model("resnet18", 7)
+    torch.save(src.state_dict(), tmp_path / "previous.pt")
+    m = build_model("resnet18", 7, weights=str(tmp_path / "previous.pt"))
+    assert torch.equal(m.fc.weight, src.fc.weight)
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+
+def test_a_checkpoint_of_another_run_is_refused_but_more_epochs_may_resume(tmp_path):
+    from imgclf import checkpoint
+    from imgclf.config import args_to_dict
+    from imgclf.training import make_optimizer
+    args = parse_args(["--epochs", "2", "--lr", "0.005"])
+    model = build_model("resnet18", 3)
+    opt = make_optimizer(model, args)
+    checkpoint.save(str(tmp_path), model=model, optimizer=opt,
+                    scheduler=make_scheduler(opt, args, 4), scaler=None, epoch=1, global_step=4,
+                    args=args_to_dict(args), classes=["a", "b", "c"], history=[], best={})
+    longer = args_to_dict(parse_args(["--epochs", "5", "--lr", "0.005"]))
+    assert checkpoint.load_latest(str(tmp_path), ["a", "b", "c"], longer)["epoch"] == 1
+    other = args_to_dict(parse_args(["--epochs", "2", "--lr", "0.009"]))  # another tuning trial
+    with pytest.raises(TrainingError, match=r"another run: lr=0\.005 \(now 0\.009\)"):
+        checkpoint.load_latest(str(tmp_path), ["a", "b", "c"], other)
+    with pytest.raises(TrainingError, match="3 classes \\(now 2\\)"):
+        checkpoint.load_latest(str(tmp_path), ["a", "b"], longer)
+
+
+def test_sagemaker_checkpoints_go_to_one_folder_per_training_job(monkeypatch):
+    monkeypatch.delenv("SM_CHECKPOINT_DIR", raising=False)
+    monkeypatch.delenv("SAGEMAKER_BASE_DIR", raising=False)
+    monkeypatch.setenv("SM_MODEL_DIR", "/opt/ml/model")
+    monkeypatch.setenv("TRAINING_JOB_NAME", "dogs-tune-007-abc")
+    assert parse_args([]).checkpoint_dir == "/opt/ml/checkpoints/dogs-tune-007-abc"

@@ -66,8 +66,14 @@ def load_best(checkpoint_dir: str):
     return torch.load(path, map_location="cpu", weights_only=True) if os.path.isfile(path) else None
 
 
-def load_latest(checkpoint_dir: str, classes: list[str], arch: str) -> dict | None:
-    """The latest checkpoint if there is one for this dataset and arch, else None."""
+#: Hyperparameters a resumed run must share with its checkpoint (epochs may grow: extend a run).
+RESUME_MUST_MATCH = ("arch", "lr", "batch_size", "optimizer", "momentum", "weight_decay",
+                     "label_smoothing", "lr_schedule", "image_size", "freeze_backbone")
+
+
+def load_latest(checkpoint_dir: str, classes: list[str], args: dict) -> dict | None:
+    """The latest checkpoint if there is one for this dataset and these hyperparameters, else
+    None; one from another run (other classes or hyperparameters) is refused."""
     path = os.path.join(checkpoint_dir, LATEST)
     if not os.path.isfile(path):
         return None
@@ -75,9 +81,12 @@ def load_latest(checkpoint_dir: str, classes: list[str], arch: str) -> dict | No
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise TrainingError(f"checkpoint {path} is unreadable ({e}); delete it to start over") from e
-    if state.get("classes") != classes or state.get("args", {}).get("arch") != arch:
-        raise TrainingError(
-            f"checkpoint {path} belongs to another run (arch={state.get('args', {}).get('arch')}, "
-            f"{len(state.get('classes') or [])} classes; this run: arch={arch}, {len(classes)} "
-            f"classes); use an empty --checkpoint-dir or delete it")
+    saved = state.get("args", {})
+    differ = [f"{k}={saved.get(k)!r} (now {args.get(k)!r})" for k in RESUME_MUST_MATCH
+              if saved.get(k) != args.get(k)]
+    if state.get("classes") != classes:
+        differ.insert(0, f"{len(state.get('classes') or [])} classes (now {len(classes)})")
+    if differ:
+        raise TrainingError(f"checkpoint {path} belongs to another run: {'; '.join(differ)}. "
+                            f"Use an empty --checkpoint-dir, or delete it to start over")
     return state

@@ -65,7 +65,9 @@ def _default_checkpoint_dir() -> str:
     if os.environ.get("SAGEMAKER_BASE_DIR"):  # a relocated /opt/ml (tests, local trees)
         return os.path.join(os.environ["SAGEMAKER_BASE_DIR"], "checkpoints")
     if os.environ.get("SM_MODEL_DIR", "").startswith("/opt/ml/"):
-        return "/opt/ml/checkpoints"  # where CheckpointConfig.LocalPath points by default
+        # CheckpointConfig.LocalPath's default, one sub-folder per job: the trials of a tuning job
+        # share one S3 prefix, and a spot restart keeps its job name, so it finds its own files.
+        return os.path.join("/opt/ml/checkpoints", os.environ.get("TRAINING_JOB_NAME", ""))
     return "checkpoints"
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from imgclf.callbacks import Callback, TrainContext
+from imgclf.failure import TrainingError
 from imgclf.transforms import normalize
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,13 @@ class Progress:
             sys.stderr.write("\n")
 
 
-@contextlib.contextmanager
-def _nullctx():
-    yield
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def autocast(device: torch.device, amp_dtype):
     if amp_dtype is None:
-        return _nullctx()
+        return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
@@ -82,6 +82,9 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, ctx:
         data_time = time.perf_counter() - end
         bad.extend(batch.bad)
         if batch.labels.numel() == 0:
+            if _distributed():  # skipping the step here would pair other ranks' all-reduces wrongly
+                raise TrainingError(f"all {len(batch.bad)} images of a train batch are unreadable "
+                                    f"(e.g. {batch.bad[0]}); remove them from the dataset")
             end = time.perf_counter()
             continue
         callbacks.on_step_begin(ctx, "train", ctx.global_step)
@@ -113,14 +116,15 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, ctx:
         ctx.global_step += 1
         bar.update(i + 1, loss_value)
         end = now
-        if ctx.stop_reason and not (dist.is_available() and dist.is_initialized()):
+        if ctx.stop_reason and not _distributed():
             break  # under DDP every rank must run the same steps; training.py stops them together
     bar.close()
-    totals = torch.stack([total_loss, torch.tensor(float(n_images), device=device)])
-    if dist.is_available() and dist.is_initialized():
+    totals = torch.stack([total_loss, torch.tensor(float(n_images), device=device),
+                          torch.tensor(float(len(bad)), device=device)])
+    if _distributed():
         dist.all_reduce(totals)
-    loss_sum, n_all = totals.tolist()
-    return {"loss": loss_sum / max(1.0, n_all), "images": int(n_all),
+    loss_sum, n_all, n_bad = totals.tolist()
+    return {"loss": loss_sum / max(1.0, n_all), "images": int(n_all), "bad_count": int(n_bad),
             "time": time.perf_counter() - start, "bad": bad}
 
 
@@ -130,7 +134,7 @@ def evaluate(model, loader, criterion, ctx: TrainContext, callbacks: Callback, *
     """Mean loss and accuracy over the whole split (summed over DDP ranks)."""
     model.eval()
     device = ctx.device
-    sums = torch.zeros(3, device=device)  # loss sum, correct, count
+    sums = torch.zeros(4, device=device)  # loss sum, correct, count, unreadable
     bad = []
     end = time.perf_counter()
     for step, batch in enumerate(loader):
@@ -144,13 +148,15 @@ def evaluate(model, loader, criterion, ctx: TrainContext, callbacks: Callback, *
             logits = model(x)
         loss = criterion(logits.float(), y)
         sums += torch.stack([loss * y.size(0), (logits.argmax(1) == y).sum().float(),
-                             torch.tensor(float(y.size(0)), device=device)])
+                             torch.tensor(float(y.size(0)), device=device),
+                             torch.zeros((), device=device)])
         now = time.perf_counter()
         callbacks.on_step_end(ctx, mode, step, loss.item(), y.size(0), data_time,
                               now - end - data_time)
         end = now
-    if dist.is_available() and dist.is_initialized():
+    sums[3] = float(len(bad))
+    if _distributed():
         dist.all_reduce(sums)
-    loss_sum, correct, n = sums.tolist()
+    loss_sum, correct, n, n_bad = sums.tolist()
     return {"loss": loss_sum / max(1.0, n), "acc": correct / max(1.0, n), "images": int(n),
-            "bad": bad}
+            "bad_count": int(n_bad), "bad": bad}

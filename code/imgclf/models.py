@@ -117,11 +117,12 @@ def build_model(arch: str, num_classes: int, weights: str = "none",
                 f"cannot fetch ImageNet weights for {arch} ({type(e).__name__}: {e}). Without "
                 f"network access either give a state_dict file with --weights PATH (or as a "
                 f"'pretrained' input channel), or train from scratch with --weights none") from e
+        _replace_head(model, num_classes)
     else:
         model = torchvision.models.get_model(arch, weights=None, **kwargs)
+        _replace_head(model, num_classes)  # first, so a file with N classes keeps its head
         if weights not in ("none", "", None):
             _load_state_dict_file(model, weights)
-    _replace_head(model, num_classes)
     if freeze_backbone:
         trainable = head_parameter_names(model)
         for name, p in model.named_parameters():

@@ -56,7 +56,8 @@ def resolve_amp(amp: str, device: torch.device):
     """(autocast dtype or None, GradScaler or None)."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None, None
-    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+    if amp == "fp16" or (amp == "auto"
+                        and not torch.cuda.is_bf16_supported(including_emulation=False)):
         if device.type != "cuda":
             raise TrainingError("amp=fp16 needs a CUDA device; use amp=bf16 or amp=off on CPU")
         return torch.float16, torch.amp.GradScaler("cuda")
@@ -88,17 +89,18 @@ def make_scheduler(optimizer, args, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def check_bad_images(bad: list[str], good: int, split: str, max_fraction: float,
+def check_bad_images(bad: list[str], n_bad: int, good: int, split: str, max_fraction: float,
                      reported: set) -> None:
-    """Log newly skipped files; fail when too large a share of the images read was bad."""
+    """Log newly skipped files (``bad``: this rank's); fail when too large a share of the images
+    read on all ranks (``n_bad`` unreadable, ``good`` decoded) was unreadable."""
     new = [b for b in bad if b not in reported]
     reported.update(new)
     if new:
         log.warning("skipped %d unreadable image(s) in %s, e.g. %s", len(new), split,
                     "; ".join(new[:3]))
-    seen = good + len(bad)
-    if seen and len(bad) / seen > max_fraction:
-        raise TrainingError(f"{len(bad)} of {seen} {split} images read cannot be decoded (over "
+    seen = good + n_bad
+    if seen and n_bad / seen > max_fraction:
+        raise TrainingError(f"{n_bad} of {seen} {split} images read cannot be decoded (over "
                             f"max-bad-fraction={max_fraction}), e.g. {'; '.join(bad[:3])}")
 
 
@@ -141,7 +143,7 @@ def run(args) -> int:
     best = {"valid_loss": math.inf, "epoch": None}
     best_state = None
     start_epoch, global_step = 1, 0
-    state = checkpoint.load_latest(args.checkpoint_dir, classes, args.arch)
+    state = checkpoint.load_latest(args.checkpoint_dir, classes, args_to_dict(args))
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -152,6 +154,8 @@ def run(args) -> int:
         history, best = state["history"], state["best"]
         best_state = checkpoint.load_best(args.checkpoint_dir)
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
+        if info.world > 1:  # the checkpoint holds rank 0's RNG: give every rank its own again
+            seed_everything(args.seed + info.rank + 1000 * start_epoch)
         log.info("resuming from %s at epoch %d (best so far: epoch %s, valid_loss %.4f)",
                  args.checkpoint_dir, start_epoch, best["epoch"], best["valid_loss"])
 
@@ -173,9 +177,11 @@ def run(args) -> int:
         tr = train_one_epoch(train_model, loaders["train"], criterion, optimizer, scheduler,
                              scaler, ctx, callbacks, progress=progress and info.is_main,
                              epoch=epoch, **norm, **fast)
-        check_bad_images(tr["bad"], tr["images"], "train", args.max_bad_fraction, reported)
+        check_bad_images(tr["bad"], tr["bad_count"], tr["images"], "train",
+                         args.max_bad_fraction, reported)
         ev = evaluate(model, loaders["valid"], criterion, ctx, callbacks, mode="eval", **norm, **fast)
-        check_bad_images(ev["bad"], ev["images"], "valid", args.max_bad_fraction, reported)
+        check_bad_images(ev["bad"], ev["bad_count"], ev["images"], "valid",
+                         args.max_bad_fraction, reported)
         metrics = {"epoch": epoch, "train_loss": tr["loss"], "valid_loss": ev["loss"],
                    "valid_acc": ev["acc"], "lr": optimizer.param_groups[0]["lr"],
                    "epoch_time": tr["time"], "images_per_sec": tr["images"] / max(1e-9, tr["time"])}
@@ -206,7 +212,8 @@ def run(args) -> int:
     if best_state is not None:
         model.load_state_dict(best_state)
     te = evaluate(model, loaders[test_split], criterion, ctx, callbacks, mode="test", **norm, **fast)
-    check_bad_images(te["bad"], te["images"], test_split, args.max_bad_fraction, reported)
+    check_bad_images(te["bad"], te["bad_count"], te["images"], test_split,
+                     args.max_bad_fraction, reported)
     final = {"test_loss": te["loss"], "test_acc": te["acc"], "best_epoch": best["epoch"],
              "best_valid_loss": best["valid_loss"], "best_valid_acc": best.get("valid_acc"),
              "epochs_run": len(history), "stop_reason": ctx.stop_reason,
