@@ -43,17 +43,20 @@ def json_response(status: int, doc: dict, keep_alive: bool = True, head_only: bo
 
 
 async def read_head(reader: asyncio.StreamReader) -> bytes | None:
-    """One request/response head (through the blank line); None on a clean EOF."""
-    try:
-        data = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as e:
-        if e.partial.strip():
-            raise HttpError(400, "incomplete HTTP head") from None
-        return None
-    except asyncio.LimitOverrunError:
-        raise HttpError(400, "HTTP head too large") from None
-    data = data.lstrip(b"\r\n")
-    return data or await read_head(reader)
+    """One request/response head (through the blank line); None on a clean EOF. Blank lines
+    before it are skipped (in a loop: a client sending thousands must not exhaust the stack)."""
+    while True:
+        try:
+            data = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as e:
+            if e.partial.strip():
+                raise HttpError(400, "incomplete HTTP head") from None
+            return None
+        except asyncio.LimitOverrunError:
+            raise HttpError(400, "HTTP head too large") from None
+        data = data.lstrip(b"\r\n")
+        if data:
+            return data
 
 
 def parse_head(data: bytes) -> tuple[str, list[tuple[str, str]]]:

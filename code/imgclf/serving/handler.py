@@ -210,7 +210,7 @@ def input_fn(input_data, content_type: str | None, context=None) -> InferenceReq
     """Parse the body into raw images and top-k; 400/413/415 on bad input (see module doc)."""
     if input_data is None or len(input_data) == 0:
         raise BadRequest("empty request body")
-    if isinstance(input_data, bytes) and len(input_data) > settings.max_payload_bytes():
+    if len(input_data) > settings.max_payload_bytes():  # bytes, bytearray (MMS) or str (JSON)
         raise PayloadTooLarge(f"body of {len(input_data)} bytes is over the limit of "
                               f"{settings.max_payload_bytes()} (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
     kind = content_types.request_kind(content_type)

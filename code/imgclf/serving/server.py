@@ -78,7 +78,8 @@ def gpu_memory_bytes() -> list[int]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() not in ("", "all"):
         idx = [int(i) for i in visible.split(",") if i.strip().isdigit()]
-        mem = [mem[i] for i in idx if i < len(mem)]
+        if idx:  # GPU-/MIG- UUIDs: keep nvidia-smi's list rather than planning for no GPU
+            mem = [mem[i] for i in idx if i < len(mem)]
     return mem
 
 
@@ -138,7 +139,7 @@ def free_port(host: str = "127.0.0.1", port_range: tuple[int, int] | None = None
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free port in {lo}-{min(hi, MMS_MAX_PORT)}")
+    raise OSError(f"no free port in {lo}-{min(hi, MMS_MAX_PORT)}")
 
 
 def mms_properties(inference_port: int, management_port: int, plan: WorkerPlan,
