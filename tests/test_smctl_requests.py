@@ -46,7 +46,7 @@ def test_tune_seed_ranges_bayesian_spot(stubs, capsys):
             "ResourceLimits": {"MaxParallelTrainingJobs": 3, "MaxNumberOfTrainingJobs": 6},
             "ParameterRanges": {
                 "ContinuousParameterRanges": [{"Name": "lr", "MinValue": "0.001",
-                                               "MaxValue": "0.01", "ScalingType": "Auto"}],
+                                               "MaxValue": "0.01", "ScalingType": "Logarithmic"}],
                 "CategoricalParameterRanges": [{"Name": "batch-size",
                                                 "Values": ["128", "256", "512"]}]},
             "TrainingJobEarlyStoppingType": "Auto",

@@ -28,16 +28,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from imgclf.config import SEED_SEARCH_SPACE
 from smctl.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "smctl.toml"
 ENV_PREFIX = "SMCTL_"
 
-#: The seed project's search space (lr continuous, batch size categorical).
-SEED_RANGES: dict[str, dict[str, Any]] = {
-    "lr": {"type": "continuous", "min": 0.001, "max": 0.01, "scaling": "Auto"},
-    "batch-size": {"type": "categorical", "values": [128, 256, 512]},
-}
+#: The seed project's search space (lr continuous, batch size categorical), defined once next to
+#: the training flags it tunes.
+SEED_RANGES: dict[str, dict[str, Any]] = SEED_SEARCH_SPACE
 
 
 @dataclass
