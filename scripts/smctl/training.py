@@ -133,9 +133,15 @@ def best_hyperparameters(api: Api, tuning_job: str) -> tuple[dict[str, str], str
         raise SmctlError(f"tuning job {tuning_job} has no best training job yet "
                          f"(status {desc.get('HyperParameterTuningJobStatus')})",
                          f"wait for it: smctl best {tuning_job}")
-    definition = desc.get("TrainingJobDefinition") or {}
-    hps = {k: _unquote(v) for k, v in (definition.get("StaticHyperParameters") or {}).items()
-           if not is_internal_hp(k)}
+    return best_from_description(desc)
+
+
+def best_from_description(desc: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """Static + tuned hyperparameters of the best job in a DescribeHyperParameterTuningJob
+    answer (unquoted, SageMaker-internal ones left out), and that job's name."""
+    best = desc["BestTrainingJob"]
+    static = (desc.get("TrainingJobDefinition") or {}).get("StaticHyperParameters") or {}
+    hps = {k: _unquote(v) for k, v in static.items() if not is_internal_hp(k)}
     hps.update({k: _unquote(v) for k, v in best.get("TunedHyperParameters", {}).items()})
     return hps, best["TrainingJobName"]
 
@@ -198,7 +204,7 @@ def add_follow_arguments(p: argparse.ArgumentParser, wait_flag: bool = True) -> 
 def build_training_request(settings: Settings, args: argparse.Namespace, api: Api) -> dict[str, Any]:
     name = check_name(args.name or unique_name(args.base_name), "training job")
     # Precedence: config [hyperparameters] < best of tuning < --hp flags.
-    hps = {k: hp_string(v) for k, v in settings.hyperparameters.items()}
+    hps = static_hyperparameters(settings, None)
     if args.from_tuning:
         tuning = load_state().get("tuning_job") if args.from_tuning == "last" else args.from_tuning
         if not tuning:

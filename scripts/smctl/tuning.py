@@ -18,7 +18,7 @@ from imgclf.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE
 from smctl.aws import Api
 from smctl.config import Settings, load_state, save_state
 from smctl.errors import ConfigError
-from smctl.training import (add_job_arguments, is_internal_hp, job_definition,
+from smctl.training import (add_job_arguments, best_from_description, job_definition,
                             static_hyperparameters)
 from smctl.util import Poller, check_name, fmt_time, print_table, unique_name
 
@@ -219,18 +219,10 @@ def print_best(api: Api, name: str, desc: dict[str, Any], top: int = 10) -> bool
     if not desc.get("BestTrainingJob"):
         print("\nno best training job yet")
         return False
-    hps, best_job = _best_from(desc)
+    hps, best_job = best_from_description(desc)
     metric = desc["BestTrainingJob"].get("FinalHyperParameterTuningJobObjectiveMetric") or {}
     print(f"\nbest training job: {best_job}  {metric.get('MetricName', objective['MetricName'])}"
           f"={metric.get('Value', float('nan')):.4f}")
     print_table(sorted(hps.items()), ["hyperparameter", "value"])
     print(f"\nnext: smctl train --from-tuning {name}")
     return True
-
-
-def _best_from(desc: dict[str, Any]) -> tuple[dict[str, str], str]:
-    best = desc["BestTrainingJob"]
-    static = (desc.get("TrainingJobDefinition") or {}).get("StaticHyperParameters") or {}
-    hps = {k: v for k, v in static.items() if not is_internal_hp(k)}
-    hps.update(best.get("TunedHyperParameters", {}))
-    return {k: v.strip('"') for k, v in hps.items()}, best["TrainingJobName"]
