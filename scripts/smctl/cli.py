@@ -1,5 +1,5 @@
 """smctl: take the imgclf image through Amazon SageMaker (build-push, data, tune, train, deploy,
-invoke, cleanup) with boto3.
+invoke, batch, autoscale, cleanup) with boto3.
 
 Settings come from flags, ``SMCTL_*`` environment variables or one TOML config file
 (``smctl config --example``); every command takes ``--dry-run``, which prints the exact API
