@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from smctl.aws import Api
-from smctl.config import Settings, load_state
+from smctl.config import Settings
+from smctl.deploy import resolve_endpoint
 from smctl.errors import ConfigError, SmctlError, is_not_found
 from smctl.util import split_s3, timestamp
 
@@ -91,9 +92,7 @@ def run_async_invoke(args, settings: Settings, api: Api) -> int:
     if t is not None and not 1 <= t <= MAX_INVOCATION_TIMEOUT_S:
         raise ConfigError(f"--async-invocation-timeout {t} is out of range",
                           "use 1 to 3600 seconds")
-    endpoint = settings.endpoint_name or load_state().get("endpoint")
-    if not endpoint:
-        settings.require("endpoint_name", "endpoint to invoke")
+    endpoint = resolve_endpoint(settings, "endpoint to invoke")
     blobs = []
     for path in args.images:
         try:

@@ -24,8 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 from smctl.aws import Api
-from smctl.config import Settings, load_state
-from smctl.deploy import VARIANT
+from smctl.config import Settings
+from smctl.deploy import VARIANT, resolve_endpoint
 from smctl.errors import ConfigError
 
 NAMESPACE = "sagemaker"
@@ -163,9 +163,7 @@ def scaling_requests(endpoint: str, variant: str, kind: str, args) -> dict[str, 
 
 def run_autoscale(args, settings: Settings, api: Api) -> int:
     kind = check_flags(args)
-    endpoint = settings.endpoint_name or load_state().get("endpoint")
-    if not endpoint:
-        settings.require("endpoint_name", "endpoint to scale")
+    endpoint = resolve_endpoint(settings, "endpoint to scale")
     variant = describe_variant(api, endpoint, kind)
     reqs = scaling_requests(endpoint, variant, kind, args)
     api.call(SERVICE, "register_scalable_target", **reqs["target"])

@@ -20,7 +20,7 @@ from typing import Any
 from imgclf.serving.content_types import JSON, X_IMAGE
 from smctl.aws import Api
 from smctl.config import Settings, save_state
-from smctl.deploy import add_model_arguments, create_model_request, is_gpu_instance, model_source
+from smctl.deploy import add_model_arguments, create_model_request, gpu_ami, model_source
 from smctl.errors import ConfigError, SmctlError
 from smctl.util import Poller, check_name, parse_pairs, split_s3, unique_name
 
@@ -100,8 +100,8 @@ def transform_request(settings: Settings, args, name: str, output: str) -> dict[
         env["SAGEMAKER_MAX_PAYLOAD_IN_MB"] = str(args.max_payload_mb)
     resources: dict[str, Any] = {"InstanceType": settings.serve_instance_type,
                                  "InstanceCount": settings.serve_instance_count}
-    ami = args.transform_ami_version
-    if is_gpu_instance(settings.serve_instance_type) and ami and ami.lower() != "none":
+    ami = gpu_ami(settings.serve_instance_type, args.transform_ami_version)
+    if ami:
         resources["TransformAmiVersion"] = ami
     req: dict[str, Any] = {
         "TransformJobName": name,

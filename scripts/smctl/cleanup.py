@@ -14,7 +14,8 @@ import sys
 
 from smctl import autoscale
 from smctl.aws import Api
-from smctl.config import Settings, load_state
+from smctl.deploy import resolve_endpoint
+from smctl.config import Settings
 from smctl.errors import SmctlError, is_not_found
 
 _DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")
@@ -51,9 +52,7 @@ def _dry_run(args, api: Api, endpoint: str) -> int:
 
 
 def run_cleanup(args, settings: Settings, api: Api) -> int:
-    endpoint = settings.endpoint_name or load_state().get("endpoint")
-    if not endpoint:
-        settings.require("endpoint_name", "endpoint to delete")
+    endpoint = resolve_endpoint(settings, "endpoint to delete")
     if api.dry_run:
         return _dry_run(args, api, endpoint)
 

@@ -48,6 +48,21 @@ def is_gpu_instance(instance_type: str) -> bool:
     return instance_type.startswith(GPU_FAMILIES)
 
 
+def gpu_ami(instance_type: str, ami: str | None) -> str | None:
+    """The AMI version to send: only for GPU instances, and not when set to ``none``."""
+    if is_gpu_instance(instance_type) and ami and ami.lower() != "none":
+        return ami
+    return None
+
+
+def resolve_endpoint(settings: Settings, what: str) -> str:
+    """``--endpoint`` / endpoint_name, else the endpoint the last ``deploy`` made."""
+    endpoint = settings.endpoint_name or load_state().get("endpoint")
+    if not endpoint:
+        settings.require("endpoint_name", what)
+    return endpoint
+
+
 def add_parser(sub, parents) -> None:
     p = sub.add_parser("deploy", parents=parents,
                        help="deploy a model to a real-time, serverless or async endpoint "
@@ -218,8 +233,8 @@ def production_variant(settings: Settings, args, model_name: str) -> dict[str, A
         return variant
     variant["InstanceType"] = settings.serve_instance_type
     variant["InitialInstanceCount"] = settings.serve_instance_count
-    ami = settings.inference_ami_version
-    if is_gpu_instance(settings.serve_instance_type) and ami and ami.lower() != "none":
+    ami = gpu_ami(settings.serve_instance_type, settings.inference_ami_version)
+    if ami:
         variant["InferenceAmiVersion"] = ami
     return variant
 
