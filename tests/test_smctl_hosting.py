@@ -535,6 +535,21 @@ def test_cleanup_removes_scaling_targets_and_our_alarm_first(stubs, capsys):
                        "model m was already gone"]
 
 
+def test_cleanup_without_autoscaling_permission_warns_and_still_deletes(stubs, capsys):
+    sm = stubs["sagemaker"]
+    _endpoint(sm)
+    stubs["application-autoscaling"].add_client_error(
+        "describe_scalable_targets", "AccessDeniedException", "not authorized", 400)
+    sm.add_response("delete_endpoint", {}, {"EndpointName": "ep"})
+    sm.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "ep-cfg"})
+    sm.add_response("delete_model", {}, {"ModelName": "m"})
+    rc = main(["cleanup", "--region", REGION, "--endpoint", "ep", "--yes"], client_factory=stubs)
+    assert rc == 0
+    cap = capsys.readouterr()
+    assert "cannot read Application Auto Scaling targets" in cap.err
+    assert "deleted model m" in cap.out
+
+
 # -- dry run and the one not-found test ----------------------------------------------------------
 @pytest.mark.parametrize("argv, operations", [
     (["batch", "--image-uri", IMAGE, "--training-job", "j1", "--data", "s3://b/in"],

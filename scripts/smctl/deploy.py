@@ -345,7 +345,8 @@ def wait_in_service(api: Api, endpoint: str, poller: Poller,
                 raise SmctlError(f"update of {endpoint} failed and was rolled back: "
                                  f"{desc.get('FailureReason', 'no reason given')}",
                                  f"see CloudWatch logs /aws/sagemaker/Endpoints/{endpoint}")
-            print(f"endpoint {endpoint} is InService: smctl invoke IMAGE --endpoint {endpoint}")
+            print(f"endpoint {endpoint} is InService: smctl invoke IMAGE --endpoint {endpoint}"
+                  + (" --async" if desc.get("AsyncInferenceConfig") else ""))
             return 0
         if status in ("Failed", "OutOfService", "Deleting"):
             raise SmctlError(f"endpoint {endpoint} is {status}: {desc.get('FailureReason', '')}".strip(),
