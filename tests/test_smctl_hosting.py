@@ -238,7 +238,7 @@ def test_deploy_serverless_defaults_ignore_the_configured_instance_type(stubs, a
         "EndpointConfigName": ANY,
         "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": ANY,
                                 "InitialVariantWeight": 1.0,
-                                "ServerlessConfig": {"MemorySizeInMB": 4096,
+                                "ServerlessConfig": {"MemorySizeInMB": 2048,
                                                      "MaxConcurrency": 5}}]})
     sm.add_response("create_endpoint", {"EndpointArn": ARN},
                     {"EndpointName": "ep", "EndpointConfigName": ANY})

@@ -37,8 +37,9 @@ GPU_FAMILIES = ("ml.g", "ml.p")
 #: MaxConcurrency 1-200, ProvisionedConcurrency 1-200 and <= MaxConcurrency.
 SERVERLESS_MEMORY_MB = (1024, 6144)
 SERVERLESS_MAX_CONCURRENCY = 200
-#: torch + the model server's JVM + one worker need more than the 1-2 GB serverless minimum.
-DEFAULT_SERVERLESS_MEMORY_MB = 4096
+#: Measured: the serving tree with one worker and a resnet18 (server, JVM, worker) holds about
+#: 1.0 GB (PSS), so 1024 MB leaves no headroom; 2048 does (larger archs: ask for more).
+DEFAULT_SERVERLESS_MEMORY_MB = 2048
 DEFAULT_SERVERLESS_CONCURRENCY = 5
 #: AsyncInferenceConfig ClientConfig.MaxConcurrentInvocationsPerInstance range.
 ASYNC_MAX_CONCURRENT = 1000
