@@ -74,6 +74,8 @@ def _transform_job(status, **extra):
 def test_batch_creates_model_and_transform_job_and_waits_for_the_outputs(stubs, aws_env, capsys,
                                                                         monkeypatch):
     sm, s3 = stubs["sagemaker"], stubs["s3"]
+    s3.add_response("list_objects_v2", _objects(["in/", "in/a/1.jpg"]),  # pre-flight: not empty
+                    {"Bucket": BUCKET, "Prefix": "in/", "MaxKeys": 100})
     sm.add_response("describe_training_job", _training_job(), {"TrainingJobName": "dogs-2"})
     sm.add_response("create_model", {"ModelArn": ARN}, {
         "ModelName": "dogs-batch", "ExecutionRoleArn": ROLE,
@@ -129,6 +131,8 @@ def test_batch_creates_model_and_transform_job_and_waits_for_the_outputs(stubs, 
 def test_batch_on_gpu_gets_the_transform_ami_and_a_failed_job_exits_1(stubs, capsys,
                                                                       monkeypatch):
     sm, s3 = stubs["sagemaker"], stubs["s3"]
+    s3.add_response("list_objects_v2", _objects(["in/1.jpg"]),
+                    {"Bucket": BUCKET, "Prefix": "in/", "MaxKeys": 100})
     sm.add_response("create_model", {"ModelArn": ARN}, {
         "ModelName": ANY, "ExecutionRoleArn": ROLE,
         "PrimaryContainer": {"Image": IMAGE, "ModelDataUrl": "s3://b/m/model.tar.gz"}})
@@ -149,12 +153,9 @@ def test_batch_on_gpu_gets_the_transform_ami_and_a_failed_job_exits_1(stubs, cap
     sm.add_response("describe_transform_job", _transform_job(
         "Failed", FailureReason="ClientError: See job logs for more information"),
         {"TransformJobName": ANY})
-    out_prefix = None
-
-    def outputs(params, **kw):
-        nonlocal out_prefix
-        out_prefix = params["Prefix"]
-    stubs.client("s3").meta.events.register("provide-client-params.s3.ListObjectsV2", outputs)
+    prefixes = []
+    stubs.client("s3").meta.events.register("provide-client-params.s3.ListObjectsV2",
+                                            lambda params, **kw: prefixes.append(params["Prefix"]))
     s3.add_response("list_objects_v2", _objects([]), {"Bucket": BUCKET, "Prefix": ANY})
     rc = main(["batch", *base_args(), "--image-uri", IMAGE, "--model-data", "s3://b/m/model.tar.gz",
                "--data", f"s3://{BUCKET}/in/", "--invocation-timeout", "120", "--max-retries", "0",
@@ -164,7 +165,7 @@ def test_batch_on_gpu_gets_the_transform_ami_and_a_failed_job_exits_1(stubs, cap
     assert name.startswith("imgclf-batch-") and captured["ModelName"] == name
     # no --output-path: s3://BUCKET/PREFIX/batch/JOB
     assert captured["TransformOutput"]["S3OutputPath"] == f"s3://{BUCKET}/imgclf/batch/{name}"
-    assert out_prefix == f"imgclf/batch/{name}/"
+    assert prefixes == ["in/", "in/", f"imgclf/batch/{name}/"]  # pre-flight, inputs, outputs
     cap = capsys.readouterr()
     assert "2 input object(s), 0 .out file(s), 2 without output" in cap.out
     err = cap.err.strip().splitlines()[-1]
@@ -194,6 +195,18 @@ def test_batch_bad_flags_exit_2_before_any_request(aws_env, capsys, argv, words)
     assert main(["batch", *base_args(), "--image-uri", IMAGE, *argv],
                 client_factory=_no_clients) == 2
     assert words in _one_line_usage_error(capsys)
+
+
+def test_batch_refuses_an_empty_input_prefix_and_outputs_inside_the_input(stubs, capsys):
+    stubs["s3"].add_response("list_objects_v2", _objects(["in/", "in/sub/"]),  # folders only
+                             {"Bucket": BUCKET, "Prefix": "in/", "MaxKeys": 100})
+    argv = ["batch", *base_args(), "--image-uri", IMAGE, "--model-data", "s3://b/m.tar.gz"]
+    assert main([*argv, "--data", f"s3://{BUCKET}/in"], client_factory=stubs) == 2
+    assert f"no objects under s3://{BUCKET}/in/" in _one_line_usage_error(capsys)
+    assert "sagemaker" not in stubs.clients  # no model, no job
+    assert main([*argv, "--data", f"s3://{BUCKET}/in", "--output-path", f"s3://{BUCKET}/in/out"],
+                client_factory=_no_clients) == 2
+    assert "is inside --data" in _one_line_usage_error(capsys)
 
 
 # -- serverless and async endpoints ------------------------------------------------------------
@@ -553,7 +566,7 @@ def test_cleanup_without_autoscaling_permission_warns_and_still_deletes(stubs, c
 # -- dry run and the one not-found test ----------------------------------------------------------
 @pytest.mark.parametrize("argv, operations", [
     (["batch", "--image-uri", IMAGE, "--training-job", "j1", "--data", "s3://b/in"],
-     ["DescribeTrainingJob", "CreateModel", "CreateTransformJob"]),
+     ["ListObjectsV2", "DescribeTrainingJob", "CreateModel", "CreateTransformJob"]),
     (["deploy", "--image-uri", IMAGE, "--model-data", "s3://b/m.tar.gz", "--endpoint", "e1",
       "--serverless"], ["DescribeEndpoint", "CreateModel", "CreateEndpointConfig",
                         "CreateEndpoint"]),

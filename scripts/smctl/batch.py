@@ -20,7 +20,8 @@ from typing import Any
 from imgclf.serving.content_types import JSON, X_IMAGE
 from smctl.aws import Api
 from smctl.config import Settings, save_state
-from smctl.deploy import add_model_arguments, create_model_request, gpu_ami, model_source
+from smctl.deploy import (add_model_arguments, check_model_flags, create_model_request, gpu_ami,
+                          model_source)
 from smctl.errors import ConfigError, SmctlError
 from smctl.util import Poller, check_name, parse_pairs, split_s3, unique_name
 
@@ -72,6 +73,7 @@ def add_parser(sub, parents) -> None:
 def check_flags(args) -> None:
     if not args.model_data and not args.training_job:
         raise ConfigError("no model given", "pass --model-data S3_URI or --training-job NAME")
+    check_model_flags(args)
     if not args.data:
         raise ConfigError("--data S3_PREFIX is required", "the S3 prefix holding the images")
     split_s3(args.data)
@@ -142,10 +144,23 @@ def count_objects(api: Api, uri: str, suffix: str = "") -> int:
             return n
 
 
+def check_input(api: Api, data: str, output: str) -> None:
+    """A job on an empty prefix, or one writing into its own input, bills and then fails."""
+    if data_prefix(output).startswith(data_prefix(data)):
+        raise ConfigError(f"--output-path {output} is inside --data {data_prefix(data)}",
+                          "a later job would score the .out files: write outputs elsewhere")
+    bucket, prefix = split_s3(data_prefix(data))
+    page = api.call("s3", "list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=100)
+    if page is not None and not any(not o["Key"].endswith("/") for o in page.get("Contents", [])):
+        raise ConfigError(f"no objects under {data_prefix(data)}",
+                          "check --data (and --region: the bucket must be in the job's region)")
+
+
 def run_batch(args, settings: Settings, api: Api) -> int:
     check_flags(args)
     name = check_name(args.name or unique_name(args.base_name), "transform job")
     output = (args.output_path or settings.s3_uri("batch", name)).rstrip("/")
+    check_input(api, args.data, output)
     model_data, trained_image = model_source(args, api, use_last_job=False)
     model = create_model_request(settings, name, model_data, trained_image,
                                  parse_pairs(args.env, "--env"))

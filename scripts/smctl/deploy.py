@@ -122,12 +122,17 @@ def add_model_arguments(p, verb: str, default_job: str) -> None:
                    help="container environment variable (repeatable)")
 
 
-def model_source(args, api: Api, use_last_job: bool = True) -> tuple[str, str | None]:
-    """(ModelDataUrl, the image the model was trained with if known)."""
+def check_model_flags(args) -> None:
     if args.model_data and args.training_job:
         raise ConfigError("--model-data and --training-job both given", "pass one of them")
     if args.model_data:
         split_s3(args.model_data)
+
+
+def model_source(args, api: Api, use_last_job: bool = True) -> tuple[str, str | None]:
+    """(ModelDataUrl, the image the model was trained with if known)."""
+    check_model_flags(args)
+    if args.model_data:
         return args.model_data, None
     job = args.training_job or (load_state().get("training_job") if use_last_job else None)
     if not job:
