@@ -500,6 +500,10 @@ def test_autoscale_refuses_a_metric_that_does_not_fit_the_endpoint(stubs, capsys
 
 @pytest.mark.parametrize("argv, words", [
     (["--min", "3", "--max", "2", "--target-invocations", "10"], "--min 3 is above --max 2"),
+    (["--max", "2", "--target-invocations", "10"], "--min N and --max M are required"),
+    (["--min", "1", "--max", "2"], "exactly one of --target-invocations"),
+    (["--min", "1", "--max", "2", "--target-invocations", "1", "--target-concurrency", "1"],
+     "exactly one of --target-invocations"),
     (["--min", "0", "--max", "2", "--target-invocations", "10"], "--min 0 needs an asynchronous"),
     (["--min", "0", "--max", "0", "--target-backlog", "1"], "--max >= 1"),
     (["--min", "1", "--max", "2", "--target-concurrency", "0"], "must be > 0"),

@@ -42,10 +42,10 @@ def add_parser(sub, parents) -> None:
     p = sub.add_parser("autoscale", parents=parents,
                        help="scale an endpoint with Application Auto Scaling (target tracking)")
     p.add_argument("--endpoint", dest="endpoint_name", help="endpoint name (or endpoint_name setting)")
-    p.add_argument("--min", dest="min_capacity", type=int, required=True,
-                   help="fewest instances (0 only for an asynchronous endpoint)")
-    p.add_argument("--max", dest="max_capacity", type=int, required=True, help="most instances")
-    target = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--min", dest="min_capacity", type=int,
+                   help="fewest instances (required; 0 only for an asynchronous endpoint)")
+    p.add_argument("--max", dest="max_capacity", type=int, help="most instances (required)")
+    target = p.add_argument_group("target (exactly one)")
     target.add_argument("--target-invocations", type=float, metavar="X",
                         help=f"real-time: keep {INVOCATIONS_METRIC} (per minute) at X")
     target.add_argument("--target-concurrency", type=float, metavar="X",
@@ -70,13 +70,19 @@ def alarm_name(endpoint: str) -> str:
 def check_flags(args) -> str:
     """Validate the numbers before any request; return the metric kind."""
     lo, hi = args.min_capacity, args.max_capacity
+    if lo is None or hi is None:
+        raise ConfigError("--min N and --max M are required", "the instance range to scale in")
+    targets = [(k, v) for k, v in (("invocations", args.target_invocations),
+                                   ("concurrency", args.target_concurrency),
+                                   ("backlog", args.target_backlog)) if v is not None]
+    if len(targets) != 1:
+        raise ConfigError("give exactly one of --target-invocations, --target-concurrency, "
+                          "--target-backlog", "real-time: invocations or concurrency; async: backlog")
+    kind, value = targets[0]
     if lo < 0 or hi < 1:
         raise ConfigError(f"--min {lo} --max {hi}: need --min >= 0 and --max >= 1")
     if lo > hi:
         raise ConfigError(f"--min {lo} is above --max {hi}")
-    kind, value = next((k, v) for k, v in (("invocations", args.target_invocations),
-                                           ("concurrency", args.target_concurrency),
-                                           ("backlog", args.target_backlog)) if v is not None)
     if value <= 0:
         raise ConfigError(f"--target-{kind} must be > 0, got {value:g}")
     if lo == 0 and kind != "backlog":
