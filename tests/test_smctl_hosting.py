@@ -487,6 +487,7 @@ def test_autoscale_async_endpoint_scales_to_and_from_zero(stubs, capsys):
     ({"AsyncInferenceConfig": {"OutputConfig": {"S3OutputPath": "s3://b/o"}}},
      ["--target-invocations", "10"], "--target-backlog"),
     ({}, ["--target-backlog", "3"], "is a real-time endpoint"),
+    ({}, ["--target-invocations", "3", "--variant", "Green"], "has no production variant Green"),
 ])
 def test_autoscale_refuses_a_metric_that_does_not_fit_the_endpoint(stubs, capsys, config, argv,
                                                                    words):

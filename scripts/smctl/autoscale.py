@@ -42,6 +42,8 @@ def add_parser(sub, parents) -> None:
     p = sub.add_parser("autoscale", parents=parents,
                        help="scale an endpoint with Application Auto Scaling (target tracking)")
     p.add_argument("--endpoint", dest="endpoint_name", help="endpoint name (or endpoint_name setting)")
+    p.add_argument("--variant", help="production variant to scale (default: the endpoint's first; "
+                                     "smctl deploy makes one, AllTraffic)")
     p.add_argument("--min", dest="min_capacity", type=int,
                    help="fewest instances (required; 0 only for an asynchronous endpoint)")
     p.add_argument("--max", dest="max_capacity", type=int, help="most instances (required)")
@@ -94,18 +96,21 @@ def check_flags(args) -> str:
     return kind
 
 
-def describe_variant(api: Api, endpoint: str, kind: str) -> str:
+def describe_variant(api: Api, endpoint: str, kind: str, name: str | None = None) -> str:
     """The variant to scale; refuses serverless endpoints and a metric that does not fit."""
     desc = api.call("sagemaker", "describe_endpoint", EndpointName=endpoint)
     if desc is None:  # dry run: the variant smctl deploy creates
         api.call("sagemaker", "describe_endpoint_config",
                  EndpointConfigName="<EndpointConfigName from DescribeEndpoint>")
-        return VARIANT
+        return name or VARIANT
     config = api.call("sagemaker", "describe_endpoint_config",
                       EndpointConfigName=desc["EndpointConfigName"])
-    variants = config.get("ProductionVariants") or []
+    variants = [v for v in config.get("ProductionVariants") or []
+                if name is None or v["VariantName"] == name]
     if not variants:
-        raise ConfigError(f"endpoint {endpoint} has no production variant to scale")
+        raise ConfigError(f"endpoint {endpoint} has no production variant "
+                          f"{name or 'to scale'}", "check --variant (aws sagemaker "
+                          "describe-endpoint-config)")
     if variants[0].get("ServerlessConfig"):
         raise ConfigError(f"{endpoint} is a serverless endpoint",
                           "serverless endpoints scale by themselves up to MaxConcurrency: "
@@ -170,7 +175,7 @@ def scaling_requests(endpoint: str, variant: str, kind: str, args) -> dict[str, 
 def run_autoscale(args, settings: Settings, api: Api) -> int:
     kind = check_flags(args)
     endpoint = resolve_endpoint(settings, "endpoint to scale")
-    variant = describe_variant(api, endpoint, kind)
+    variant = describe_variant(api, endpoint, kind, args.variant)
     reqs = scaling_requests(endpoint, variant, kind, args)
     api.call(SERVICE, "register_scalable_target", **reqs["target"])
     api.call(SERVICE, "put_scaling_policy", **reqs["policy"])
