@@ -511,7 +511,8 @@ def test_invoke_model_error_is_one_line(stubs, aws_env, capsys):
 
 
 # -- cleanup -----------------------------------------------------------------------------------------
-def _cleanup_describes(sm):
+def _cleanup_describes(stubs):
+    sm = stubs["sagemaker"]
     sm.add_response("describe_endpoint", {"EndpointName": "dogs-ep", "EndpointArn": ARN,
                                           "EndpointConfigName": "dogs-ep-cfg",
                                           "EndpointStatus": "InService", "CreationTime": T0,
@@ -520,11 +521,15 @@ def _cleanup_describes(sm):
         "EndpointConfigName": "dogs-ep-cfg", "EndpointConfigArn": ARN, "CreationTime": T0,
         "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "dogs-ep-model"}]},
         {"EndpointConfigName": "dogs-ep-cfg"})
+    stubs["application-autoscaling"].add_response(  # no autoscaling (tests/test_smctl_hosting.py)
+        "describe_scalable_targets", {"ScalableTargets": []},
+        {"ServiceNamespace": "sagemaker", "ResourceIds": ["endpoint/dogs-ep/variant/AllTraffic"],
+         "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"})
 
 
 def test_cleanup_deletes_endpoint_config_and_model(stubs, capsys):
     sm = stubs["sagemaker"]
-    _cleanup_describes(sm)
+    _cleanup_describes(stubs)
     sm.add_response("delete_endpoint", {}, {"EndpointName": "dogs-ep"})
     sm.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "dogs-ep-cfg"})
     sm.add_response("delete_model", {}, {"ModelName": "dogs-ep-model"})
@@ -535,7 +540,7 @@ def test_cleanup_deletes_endpoint_config_and_model(stubs, capsys):
 
 
 def test_cleanup_without_yes_deletes_nothing(stubs, capsys, monkeypatch):
-    _cleanup_describes(stubs["sagemaker"])
+    _cleanup_describes(stubs)
     monkeypatch.setattr("sys.stdin.isatty", lambda: False, raising=False)
     rc = main(["cleanup", "--region", REGION, "--endpoint", "dogs-ep"], client_factory=stubs)
     assert rc == 1
@@ -640,6 +645,8 @@ def _no_clients(service, region):
     (["deploy", "--image-uri", IMAGE, "--model-data", "s3://b/m.tar.gz", "--endpoint", "e1",
       "--update"], ["DescribeEndpoint", "CreateModel", "CreateEndpointConfig", "UpdateEndpoint"]),
     (["cleanup", "--endpoint", "e1"], ["DescribeEndpoint", "DescribeEndpointConfig",
+                                       "DescribeScalableTargets", "DescribeScalingPolicies",
+                                       "DeleteAlarms", "DeregisterScalableTarget",
                                        "DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"]),
     (["build-push", "--image", "imgclf:dev", "--tag", "abc"],
      ["DescribeRepositories", "CreateRepository", "GetAuthorizationToken", "docker",

@@ -10,8 +10,12 @@ One module per concern; ``cli`` only parses arguments and dispatches:
 - ``tuning``    CreateHyperParameterTuningJob, progress, best job table
 - ``training``  CreateTrainingJob: Debugger rules, profiler, spot + checkpoints, logs, status
 - ``deploy``    CreateModel / CreateEndpointConfig / CreateEndpoint or UpdateEndpoint
+               (real-time, ``--serverless`` or ``--async``)
 - ``invoke``    InvokeEndpoint or a local ``/invocations`` URL, top-k table
-- ``cleanup``   delete endpoint, endpoint config and models
+- ``async_invoke`` ``invoke --async``: input to S3, InvokeEndpointAsync, wait for the result
+- ``batch``     CreateModel + CreateTransformJob over an S3 prefix, progress and counts
+- ``autoscale`` Application Auto Scaling: scalable target, target tracking, scale from zero
+- ``cleanup``   delete scaling, endpoint, endpoint config and models
 """
 
 __version__ = "0.1.0"

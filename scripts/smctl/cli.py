@@ -1,5 +1,5 @@
 """smctl: take the imgclf image through Amazon SageMaker (build-push, data, tune, train, deploy,
-invoke, cleanup) with boto3.
+invoke, batch, autoscale, cleanup) with boto3.
 
 Settings come from flags, ``SMCTL_*`` environment variables or one TOML config file
 (``smctl config --example``); every command takes ``--dry-run``, which prints the exact API
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from smctl import __version__, cleanup, data, deploy, invoke, registry, training, tuning
+from smctl import autoscale, batch
 from smctl.aws import Api, ClientFactory
 from smctl.config import EXAMPLE_CONFIG, Settings, load_settings, load_state, state_path
 from smctl.errors import EXIT_INTERRUPTED, explain
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_parser(sub, parents)
     deploy.add_parser(sub, parents)
     invoke.add_parser(sub, parents)
+    batch.add_parser(sub, parents)
+    autoscale.add_parser(sub, parents)
     cleanup.add_parser(sub, parents)
     return parser
 

@@ -32,6 +32,26 @@ class ConfigError(SmctlError):
         super().__init__(message, hint, EXIT_USAGE)
 
 
+#: Error codes with which AWS services say "no such resource" (S3 GetObject: NoSuchKey; S3
+#: HeadObject: 404; Application Auto Scaling, CloudWatch: ObjectNotFound / ResourceNotFound).
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "ResourceNotFound", "ResourceNotFoundException",
+                    "ObjectNotFoundException"}
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """True when a botocore ClientError says the named resource does not exist.
+
+    SageMaker has no not-found code: it answers ``ValidationException`` with "Could not find
+    endpoint ..." (or "... does not exist" for some resources), so the message decides there.
+    """
+    err = (getattr(exc, "response", None) or {}).get("Error", {})
+    code = str(err.get("Code", ""))
+    if code in _NOT_FOUND_CODES:
+        return True
+    msg = str(err.get("Message", "")).lower()
+    return code == "ValidationException" and ("could not find" in msg or "does not exist" in msg)
+
+
 def _first_line(text: str) -> str:
     return " ".join(str(text).split())[:400]
 

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from smctl import async_invoke
 from smctl.aws import Api
 from smctl.config import Settings, load_state
 from smctl.errors import ConfigError, SmctlError
@@ -48,6 +49,7 @@ def add_parser(sub, parents) -> None:
                    help="send base64 JSON {\"instances\": [...]} even for one image")
     p.add_argument("--raw", action="store_true", help="print the response body as received")
     p.add_argument("--timeout", type=float, default=70.0, help="--url: seconds (default: 70)")
+    async_invoke.add_arguments(p)  # issue 11 (hosting): --async and its flags
     p.set_defaults(func=run_invoke)
 
 
@@ -107,6 +109,8 @@ def post(url: str, body: bytes, content_type: str, top_k: int, timeout: float) -
 
 
 def run_invoke(args, settings: Settings, api: Api) -> int:
+    if args.async_mode:  # issue 11 (hosting): InvokeEndpointAsync through S3
+        return async_invoke.run_async_invoke(args, settings, api)
     if args.top_k < 1:
         raise ConfigError("--top-k must be >= 1")
     body, ctype = build_body(args.images, args.top_k, args.content_type, args.as_json)
