@@ -10,7 +10,9 @@ One module per concern; ``cli`` only parses arguments and dispatches:
 - ``tuning``    CreateHyperParameterTuningJob, progress, best job table
 - ``training``  CreateTrainingJob: Debugger rules, profiler, spot + checkpoints, logs, status
 - ``deploy``    CreateModel / CreateEndpointConfig / CreateEndpoint or UpdateEndpoint
+- ``client``    the one ``/invocations`` client: JSON batches, requests in flight, retries
 - ``invoke``    InvokeEndpoint or a local ``/invocations`` URL, top-k table
+- ``evaluate``  evaluation report of a model dir, a server or an endpoint on a labelled folder
 - ``cleanup``   delete endpoint, endpoint config and models
 """
 
