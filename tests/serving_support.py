@@ -127,6 +127,13 @@ def dimension_bomb_png(width: int = 40000, height: int = 40000) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
 
 
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def host_server(model_dir: str, workers: int = 1, timeout_s: float = 240, **env):
     """``python -m imgclf.serving.server`` (the real MMS behind the gate) serving ``model_dir``
@@ -139,9 +146,7 @@ def host_server(model_dir: str, workers: int = 1, timeout_s: float = 240, **env)
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("java not found: the host server needs a JRE (CI must install one)")
         pytest.skip("java not found: the host-run server (multi-model-server) needs a JRE")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     run_dir = tempfile.mkdtemp(prefix="imgclf-serve-")
     full_env = {**os.environ, "SM_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_TO_PORT": str(port),
                 "IMGCLF_BIND_HOST": "127.0.0.1", "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers),

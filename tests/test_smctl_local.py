@@ -232,55 +232,11 @@ def test_fetch_errors_are_one_line(aws_env, capsys):
 def host_server(tmp_path_factory):
     """``python -m imgclf.serving.server`` on a free loopback port with the serving tests' tiny
     colour model (trained in-process in seconds)."""
-    import os
-    import shutil
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    if not shutil.which("java"):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("java not found: the host server needs a JRE (CI must install one)")
-        pytest.skip("java not found: the host-run server (multi-model-server) needs a JRE")
-    from serving_support import train_color_model
-    tmp = tmp_path_factory.mktemp("served")
-    train_color_model(str(tmp / "model"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "SM_MODEL_DIR": str(tmp / "model"), "SAGEMAKER_BIND_TO_PORT": str(port),
-           "IMGCLF_BIND_HOST": "127.0.0.1", "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
-           "PYTHONPATH": os.pathsep.join([str(repo / "code"), str(repo / "scripts")])}
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "imgclf.serving.server"], env=env, cwd=tmp,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("host server did not become ready:\n"
-                            + (tmp / "server.log").read_text(errors="replace")[-3000:])
-            time.sleep(0.5)
+    from serving_support import host_server as serve, train_color_model
+    model = tmp_path_factory.mktemp("served") / "model"
+    train_color_model(str(model))
+    with serve(str(model)) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
 
 
 @pytest.mark.slow

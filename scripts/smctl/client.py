@@ -185,8 +185,9 @@ class EndpointTransport:
 # ----------------------------------------------------------------------------- the client
 @dataclass
 class Item:
-    """What :meth:`InvocationsClient.predict` yields per image: ``predictions`` is the server's
-    entry for it (``label``, ``index``, ``probability``, ``topk``), or ``error`` says why not."""
+    """What :meth:`InvocationsClient.predict` yields per image: ``prediction`` is the server's
+    entry for it (``label``, ``index``, ``probability``, ``topk``), or ``error`` says why not
+    (``status``: the HTTP status behind it; None when the file was not sent)."""
 
     key: Any
     prediction: dict | None = None
@@ -255,7 +256,7 @@ class InvocationsClient:
                 topk: int | None = ALL_CLASSES) -> list[list[int]]:
         """Indices grouped into requests of at most ``batch_size`` (and the server's image
         limit) images whose JSON body stays within the payload limit. An image too big to go
-        alone gets a group of its own (the server will answer 413 for it)."""
+        alone gets a group of its own (and is not sent: see :meth:`too_big`)."""
         per = min(batch_size or self.max_images, self.max_images)
         overhead = len(json_body([], topk))
         groups: list[list[int]] = []
@@ -289,7 +290,7 @@ class InvocationsClient:
                 raise SmctlError(f"{self.transport.name} answered without one prediction per "
                                  f"image: {resp.detail(200)}")
             return [Item(k, prediction=p, status=resp.status) for k, p in zip(keys, preds)]
-        if 400 <= resp.status < 500 and len(blobs) > 1 and resp.status != 413:
+        if resp.status == 400 and len(blobs) > 1:
             # one bad image refuses the whole batch: ask per image to learn which
             return [item for k, b in zip(keys, blobs)
                     for item in self._predict_group([k], [b], topk, custom_attributes)]

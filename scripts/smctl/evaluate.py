@@ -193,6 +193,9 @@ def predict_remote(client: InvocationsClient, data: Path, found, samples, batch_
                 (rel, folder) = item.key
                 if item.prediction is None and item.error is None:
                     return None  # --dry-run: the first request was printed, nothing sent
+                if item.error and item.status not in (None, 400, 413):  # not about the file
+                    raise SmctlError(f"{client.transport.name}: {item.error} (for {rel})",
+                                     "see the server's log")
                 if item.error:
                     unreadable.append({"path": rel, "reason": item.error})
                     continue
