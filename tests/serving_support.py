@@ -148,7 +148,7 @@ def host_server(model_dir: str, workers: int = 1, timeout_s: float = 240, **env)
         pytest.skip("java not found: the host-run server (multi-model-server) needs a JRE")
     port = free_port()
     run_dir = tempfile.mkdtemp(prefix="imgclf-serve-")
-    full_env = {**os.environ, "SM_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_TO_PORT": str(port),
+    full_env = {**os.environ, "SM_MODEL_DIR": str(Path(model_dir).resolve()), "SAGEMAKER_BIND_TO_PORT": str(port),
                 "IMGCLF_BIND_HOST": "127.0.0.1", "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers),
                 "PYTHONPATH": os.pathsep.join([str(REPO / "code"), str(REPO / "scripts")]), **env}
     log_path = os.path.join(run_dir, "server.log")
