@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from serving_support import color_image, encode, free_port, truncated_jpeg
-from smctl.client import (HttpTransport, InvocationsClient, TransportError, json_body)
+from smctl.client import HttpTransport, InvocationsClient, TransportError, json_body
+from smctl_helpers import JsonHandler
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        pass
-
+class _Handler(JsonHandler):
     def do_POST(self):
         from imgclf.images import ImageDecodeError, decode_image
         from imgclf.serving.handler import input_fn
@@ -31,27 +29,19 @@ class _Handler(BaseHTTPRequestHandler):
             fail = srv.fail_first > 0
             srv.fail_first -= 1
         if fail:
-            return self._send(503, {"error": "still starting"})
+            return self.send_json(503, {"error": "still starting"})
         try:
             req = input_fn(body, self.headers.get("Content-Type"))
             for i, img in enumerate(req.images):
                 try:
                     decode_image(img)
                 except ImageDecodeError as e:
-                    return self._send(400, {"error": f"image {i}: {e}"})
+                    return self.send_json(400, {"error": f"image {i}: {e}"})
         except Exception as e:  # noqa: BLE001 - the container's 4xx
-            return self._send(getattr(e, "status", 400), {"error": str(e)})
+            return self.send_json(getattr(e, "status", 400), {"error": str(e)})
         preds = [{"label": "red", "index": 0, "probability": 1.0, "bytes": len(img),
                   "topk": [{"label": "red", "index": 0, "probability": 1.0}]} for img in req.images]
-        self._send(200, {"predictions": preds})
-
-    def _send(self, status, doc):
-        data = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(200, {"predictions": preds})
 
 
 @pytest.fixture

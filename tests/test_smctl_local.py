@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from smctl.cli import main
-from smctl_helpers import aws_env, tiny_jpeg, tiny_png  # noqa: F401
+from smctl_helpers import JsonHandler, aws_env, tiny_jpeg, tiny_png  # noqa: F401
 
 
 class _Server:
@@ -50,10 +50,7 @@ class _Ctx:
         return self._headers
 
 
-class _InvocationsHandler(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        pass
-
+class _InvocationsHandler(JsonHandler):
     def do_POST(self):
         from imgclf.serving.handler import input_fn
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -61,11 +58,11 @@ class _InvocationsHandler(BaseHTTPRequestHandler):
         self.server.seen.append({"path": self.path, "content_type": ctype, "body": body,
                                  "headers": {k.lower(): v for k, v in self.headers.items()}})
         if self.path != "/invocations":
-            return self._send(404, {"error": "not found"})
+            return self.send_json(404, {"error": "not found"})
         try:
             req = input_fn(body, ctype, _Ctx(dict(self.headers)))
         except Exception as e:  # the container answers 4xx with a short JSON message
-            return self._send(getattr(e, "status", 400), {"error": str(e)})
+            return self.send_json(getattr(e, "status", 400), {"error": str(e)})
         k = req.topk or 5
         labels = ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier"]
         preds = []
@@ -73,15 +70,7 @@ class _InvocationsHandler(BaseHTTPRequestHandler):
             top = [{"label": labels[j], "index": j, "probability": round(0.7 / (j + 1), 6)}
                    for j in range(min(k, 3))]
             preds.append({**top[0], "topk": top, "bytes": len(img)})
-        self._send(200, {"predictions": preds})
-
-    def _send(self, status, doc):
-        data = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(200, {"predictions": preds})
 
 
 @pytest.fixture
