@@ -84,8 +84,8 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
 
     ECE = sum over bins of |bin| / n * |accuracy(bin) - mean confidence(bin)| (Guo et al. 2017,
     "On Calibration of Modern Neural Networks"). Neither scikit-learn (its calibration_curve is
-    binary only) nor anything else in the pinned set computes it; bin edges follow
-    ``np.histogram``'s (right edge of the last bin included).
+    binary only) nor anything else in the pinned set computes it. Bins are (low, high] as in
+    that paper's code and torchmetrics; a confidence of exactly 0 falls in the first.
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
