@@ -260,12 +260,13 @@ def render_html(metrics: dict, out_dir: str, root: str | None, title: str) -> st
     esc = html.escape
     classes = metrics["classes"]
     per = metrics["per_class"]
-    worst = sorted(per.items(), key=lambda kv: (kv[1]["f1"], kv[1]["recall"], kv[0]))
-    class_rows = "\n".join(
-        f"<tr><td>{classes.index(c)}</td><td>{esc(c)}</td><td>{_fmt(v['f1'])}</td>"
-        f"<td>{_fmt(v['precision'])}</td><td>{_fmt(v['recall'])}</td><td>{v['support']}</td></tr>"
-        for c, v in worst if v["support"] or v["precision"])
+    predicted = np.asarray(metrics["confusion_matrix"]).sum(0) if per else []
     index = {c: i for i, c in enumerate(classes)}
+    worst = sorted(per.items(), key=lambda kv: (kv[1]["f1"], kv[1]["recall"], kv[0]))
+    class_rows = "\n".join(  # classes neither in the data nor predicted have nothing to show
+        f"<tr><td>{index[c]}</td><td>{esc(c)}</td><td>{_fmt(v['f1'])}</td>"
+        f"<td>{_fmt(v['precision'])}</td><td>{_fmt(v['recall'])}</td><td>{v['support']}</td></tr>"
+        for c, v in worst if v["support"] or predicted[index[c]])
     pair_rows = "\n".join(
         f"<tr><td>{esc(m['true'])} ({index[m['true']]})</td><td>{esc(m['predicted'])} "
         f"({index[m['predicted']]})</td><td>{m['count']}</td>"
