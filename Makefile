@@ -58,13 +58,13 @@ demo: $(STAMP) system-deps ## THE demo: build the image, train in it on the samp
 	fi
 
 .PHONY: demo-host
-demo-host: $(STAMP) sample-data ## the demo without Docker: train on the host, then predict the held-out test split
+demo-host: $(STAMP) sample-data ## the demo without Docker: train on the host, then the evaluation report of the held-out test split
 	$(PY) code/train.py --data-dir $(SAMPLE_DIR) --model-dir $(DEMO_DIR)/model \
 	  --output-data-dir $(DEMO_DIR)/output/data --output-dir $(DEMO_DIR)/output \
 	  --checkpoint-dir $(DEMO_DIR)/checkpoints --epochs 4 --weights none --image-size 64 \
 	  --batch-size 64 --optimizer adamw --lr 0.002
-	$(PY) scripts/predict_folder.py --model-dir $(DEMO_DIR)/model --data-dir $(SAMPLE_DIR)/test
-	@echo "learning curves: $(DEMO_DIR)/output/data/learning_curves.png; reports: $(DEMO_DIR)/output/data/"
+	PYTHONPATH=code:scripts $(SMCTL) evaluate --data $(SAMPLE_DIR)/test --model-dir $(DEMO_DIR)/model --output $(DEMO_DIR)/eval
+	@echo "learning curves: $(DEMO_DIR)/output/data/learning_curves.png; reports: $(DEMO_DIR)/output/data/, $(DEMO_DIR)/eval/report.html"
 
 .PHONY: bench
 bench: bench-train bench-serve bench-diagnostics ## all benchmarks, each against its baseline, side by side
@@ -124,9 +124,9 @@ local-serve: ## serve the model from local-train on 127.0.0.1:8080 (docker-compo
 	$(LOCAL_ENV) bash scripts/local.sh serve
 
 .PHONY: local-invoke
-local-invoke: ## send FILE=img.jpg to the local endpoint and print the top-k
+local-invoke: $(STAMP) ## send FILE=img.jpg (several: FILE="a.jpg b.jpg") to the local endpoint (SERVE_PORT=8080) and print the top-k
 	@test -n "$(FILE)" || { echo "usage: make local-invoke FILE=img.jpg"; exit 2; }
-	python3 scripts/local_mode.py invoke $(FILE)
+	PYTHONPATH=code:scripts $(SMCTL) invoke $(FILE) --url http://127.0.0.1:$(or $(SERVE_PORT),8080)
 
 # --- SageMaker operator CLI (scripts/smctl; README "SageMaker") ---
 # IMAGE=tag on the command line pushes that existing image without building.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole loop in containers, the way SageMaker runs it:
-#   build the image -> sample data -> `train` (docker-compose) -> `serve` -> invoke held-out
-#   images -> accuracy and a few predictions -> tear down.
+#   build the image -> sample data -> `train` (docker-compose) -> `serve` -> evaluate the
+#   held-out split through /invocations (smctl evaluate --url: report.html) -> tear down.
 #   bash scripts/demo.sh          (what `make demo` runs)
 # Env: IMAGE (default `make -s image-name`), SAMPLE_DIR (sample_data/fashion), DEMO_DIR
 # (local/demo), HP (hyperparameters, NAME=VALUE ...), SERVE_PORT (8080), SKIP_BUILD=1, PY.
@@ -35,8 +35,9 @@ bash scripts/local.sh train 2>&1 | grep -E "^epoch [0-9]|^average test|Reporting
 step "serve (docker-compose service serve on 127.0.0.1:$SERVE_PORT)"
 bash scripts/local.sh serve
 
-step "invoke on held-out images ($SAMPLE_DIR/test)"
-python3 scripts/local_mode.py evaluate "$SAMPLE_DIR/test" --limit "${DEMO_IMAGES:-100}" --show 6 \
-    --url "http://127.0.0.1:$SERVE_PORT"
-echo "artifacts: $DEMO_DIR/algo-1/model (model.pt, model.json), $DEMO_DIR/algo-1/output/data (metrics, curves, reports)"
+step "evaluate the served model on the held-out images ($SAMPLE_DIR/test)"
+PYTHONPATH=code:scripts "$PY" -m smctl evaluate --data "$SAMPLE_DIR/test" \
+    --url "http://127.0.0.1:$SERVE_PORT" --output "$DEMO_DIR/eval"
+echo "artifacts: $DEMO_DIR/algo-1/model (model.pt, model.json), $DEMO_DIR/algo-1/output/data (metrics, curves, reports, evaluation/)"
+echo "evaluation of the endpoint: $DEMO_DIR/eval/report.html (evaluation.json, predictions.csv)"
 echo "demo took $((SECONDS - t0))s"

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Local mode helpers for docker-compose.yml: the /opt/ml trees, waiting, invoking, evaluating.
+"""Local mode helpers for docker-compose.yml: the /opt/ml trees and waiting for the server.
 
 Standard library only, so it runs with any python3 (no venv needed). The Makefile calls it:
 
     python3 scripts/local_mode.py prepare --job-dir local/train --hosts 2 -H epochs=2 -H arch=resnet18
     python3 scripts/local_mode.py wait --url http://127.0.0.1:8080
-    python3 scripts/local_mode.py invoke img.jpg               # prints the top-k
-    python3 scripts/local_mode.py evaluate sample_data/fashion/test --limit 100
+
+Invoking and evaluating go through smctl's one ``/invocations`` client: ``smctl invoke FILE
+--url URL`` (``make local-invoke``) and ``smctl evaluate --data DIR --url URL`` (the demo).
 
 ``prepare`` writes, for each host algo-1..algo-N, what SageMaker (and the SDK's local mode)
 mounts into the training container::
@@ -33,7 +34,6 @@ from pathlib import Path
 DEFAULT_URL = os.environ.get("SERVE_URL", "http://127.0.0.1:8080")
 DEFAULT_CHANNELS = ("train", "valid", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
 
 def host_names(n: int) -> list[str]:
@@ -106,48 +106,6 @@ def wait(url: str, timeout: float) -> None:
     raise SystemExit(f"{url}/ping not ready after {timeout:.0f}s ({last})")
 
 
-def top_predictions(body) -> list[tuple[str, float]]:
-    """(label, probability) pairs, best first, from the server's JSON answer.
-
-    Accepts {"predictions": [...]} (the first image's "topk" list when entries have one), a bare
-    list, or one dict; each entry {"label"|"class", "probability"|"score"}.
-    """
-    if isinstance(body, dict) and "predictions" in body:
-        body = body["predictions"]
-    if isinstance(body, dict):
-        body = [body]
-    if body and isinstance(body[0], list):  # a batch of one
-        body = body[0]
-    if body and isinstance(body[0], dict) and "topk" in body[0]:  # one entry per image
-        body = body[0]["topk"]
-    out = []
-    for p in body:
-        label = p.get("label", p.get("class"))
-        prob = p.get("probability", p.get("score", p.get("prob", float("nan"))))
-        out.append((str(label), float(prob)))
-    return out
-
-
-def invoke(url: str, path: Path, retries_s: float = 30) -> list[tuple[str, float]]:
-    """POST one image to /invocations; the first call may wait for the model to load."""
-    data = path.read_bytes()
-    ctype = CONTENT_TYPES.get(path.suffix.lower(), "application/x-image")
-    deadline = time.monotonic() + retries_s
-    while True:
-        status, body = request(url + "/invocations", data, ctype)
-        if status == 200:
-            return top_predictions(json.loads(body))
-        if time.monotonic() > deadline or 400 <= status < 500 and status != 404:
-            raise SystemExit(f"{path}: HTTP {status}: {body[:500].decode(errors='replace')}")
-        time.sleep(1)
-
-
-def class_of(path: Path) -> str:
-    """dogImages layout: .../NNN.Class_Name/img.jpg -> 'Class_Name'."""
-    folder = path.parent.name
-    return folder.split(".", 1)[1] if "." in folder else folder
-
-
 def held_out_images(folder: Path, limit: int) -> list[Path]:
     """Up to `limit` images spread over all classes (round-robin), deterministic."""
     per_class = [sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -157,23 +115,6 @@ def held_out_images(folder: Path, limit: int) -> list[Path]:
         picked += [c[i] for c in per_class if i < len(c)]
         i += 1
     return picked[:limit]
-
-
-def evaluate(url: str, folder: Path, limit: int, show: int) -> float:
-    images = held_out_images(folder, limit)
-    if not images:
-        raise SystemExit(f"no images under {folder}/*/")
-    correct = 0
-    for n, img in enumerate(images):
-        preds = invoke(url, img)
-        truth, (label, prob) = class_of(img), preds[0]
-        ok = label == truth or label.split(".", 1)[-1] == truth
-        correct += ok
-        if n < show:
-            print(f"  {'ok ' if ok else 'BAD'} {img.parent.name}/{img.name}: {label} ({prob:.2f})")
-    acc = correct / len(images)
-    print(f"accuracy on {len(images)} held-out images: {acc:.3f} ({correct}/{len(images)})")
-    return acc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,16 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("wait", help="wait for /ping")
     p.add_argument("--url", default=DEFAULT_URL)
     p.add_argument("--timeout", type=float, default=120)
-    p = sub.add_parser("invoke", help="POST images to /invocations and print the top-k")
-    p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--url", default=DEFAULT_URL)
-    p = sub.add_parser("evaluate", help="accuracy of the endpoint on held-out DIR/NNN.Class/*.jpg")
-    p.add_argument("folder", type=Path)
-    p.add_argument("--url", default=DEFAULT_URL)
-    p.add_argument("--limit", type=int, default=100, help="images to send (default: %(default)s)")
-    p.add_argument("--show", type=int, default=5, help="predictions to print (default: %(default)s)")
-    p.add_argument("--min-accuracy", type=float, default=0.0,
-                   help="exit 1 below this accuracy (default: %(default)s)")
     args = ap.parse_args(argv)
 
     if args.cmd == "prepare":
@@ -208,13 +139,6 @@ def main(argv: list[str] | None = None) -> int:
             print(d)
     elif args.cmd == "wait":
         wait(args.url, args.timeout)
-    elif args.cmd == "invoke":
-        for f in args.files:
-            preds = invoke(args.url, f)
-            print(f"{f}: " + ", ".join(f"{label} {prob:.3f}" for label, prob in preds))
-    elif args.cmd == "evaluate":
-        acc = evaluate(args.url, args.folder, args.limit, args.show)
-        return 1 if acc < args.min_accuracy else 0
     return 0
 
 

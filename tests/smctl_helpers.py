@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from http.server import BaseHTTPRequestHandler
 
 import boto3
 import pytest
@@ -103,3 +104,18 @@ def tiny_png(color=(20, 120, 220), size=(16, 16)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, "PNG")
     return buf.getvalue()
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """Request handler base for the stand-in servers: quiet, answers JSON with ``send_json``."""
+
+    def log_message(self, *a):
+        pass
+
+    def send_json(self, status: int, doc) -> None:
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)

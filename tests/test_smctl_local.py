@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from smctl.cli import main
-from smctl_helpers import aws_env, tiny_jpeg, tiny_png  # noqa: F401
+from smctl_helpers import JsonHandler, aws_env, tiny_jpeg, tiny_png  # noqa: F401
 
 
 class _Server:
@@ -50,10 +50,7 @@ class _Ctx:
         return self._headers
 
 
-class _InvocationsHandler(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        pass
-
+class _InvocationsHandler(JsonHandler):
     def do_POST(self):
         from imgclf.serving.handler import input_fn
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -61,11 +58,11 @@ class _InvocationsHandler(BaseHTTPRequestHandler):
         self.server.seen.append({"path": self.path, "content_type": ctype, "body": body,
                                  "headers": {k.lower(): v for k, v in self.headers.items()}})
         if self.path != "/invocations":
-            return self._send(404, {"error": "not found"})
+            return self.send_json(404, {"error": "not found"})
         try:
             req = input_fn(body, ctype, _Ctx(dict(self.headers)))
         except Exception as e:  # the container answers 4xx with a short JSON message
-            return self._send(getattr(e, "status", 400), {"error": str(e)})
+            return self.send_json(getattr(e, "status", 400), {"error": str(e)})
         k = req.topk or 5
         labels = ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier"]
         preds = []
@@ -73,15 +70,7 @@ class _InvocationsHandler(BaseHTTPRequestHandler):
             top = [{"label": labels[j], "index": j, "probability": round(0.7 / (j + 1), 6)}
                    for j in range(min(k, 3))]
             preds.append({**top[0], "topk": top, "bytes": len(img)})
-        self._send(200, {"predictions": preds})
-
-    def _send(self, status, doc):
-        data = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(200, {"predictions": preds})
 
 
 @pytest.fixture
@@ -232,55 +221,11 @@ def test_fetch_errors_are_one_line(aws_env, capsys):
 def host_server(tmp_path_factory):
     """``python -m imgclf.serving.server`` on a free loopback port with the serving tests' tiny
     colour model (trained in-process in seconds)."""
-    import os
-    import shutil
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    if not shutil.which("java"):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("java not found: the host server needs a JRE (CI must install one)")
-        pytest.skip("java not found: the host-run server (multi-model-server) needs a JRE")
-    from serving_support import train_color_model
-    tmp = tmp_path_factory.mktemp("served")
-    train_color_model(str(tmp / "model"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "SM_MODEL_DIR": str(tmp / "model"), "SAGEMAKER_BIND_TO_PORT": str(port),
-           "IMGCLF_BIND_HOST": "127.0.0.1", "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
-           "PYTHONPATH": os.pathsep.join([str(repo / "code"), str(repo / "scripts")])}
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "imgclf.serving.server"], env=env, cwd=tmp,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("host server did not become ready:\n"
-                            + (tmp / "server.log").read_text(errors="replace")[-3000:])
-            time.sleep(0.5)
+    from serving_support import host_server as serve, train_color_model
+    model = tmp_path_factory.mktemp("served") / "model"
+    train_color_model(str(model))
+    with serve(str(model)) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imgclf.failure import TrainingError
-from imgclf.images import ImageDecodeError, is_image_file
+from imgclf.images import ImageDecodeError
+from imgclf.layout import display_name, list_images  # noqa: F401 (display_name: re-exported)
 from imgclf.transforms import default_resize_size, eval_transform, load_uint8, train_transform
 
 log = logging.getLogger(__name__)
@@ -66,26 +67,6 @@ def resolve_splits(data_dir: str | None, train_dir: str | None, valid_dir: str |
         if d and not os.path.isdir(d):
             raise TrainingError(f"{name} folder {d!r} does not exist")
     return Splits(train_dir, valid_dir, test_dir)
-
-
-def list_images(split_dir: str) -> dict[str, list[str]]:
-    """class folder name -> sorted image paths (folders without images are left out)."""
-    classes: dict[str, list[str]] = {}
-    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
-        if not entry.is_dir() or entry.name.startswith("."):
-            continue
-        files = []
-        for root, _, names in os.walk(entry.path):
-            files.extend(os.path.join(root, n) for n in names if is_image_file(n))
-        if files:
-            classes[entry.name] = sorted(files)
-    return classes
-
-
-def display_name(folder: str) -> str:
-    """'001.Affenpinscher' -> 'Affenpinscher'; 'Golden_Retriever' -> 'Golden_Retriever'."""
-    head, dot, tail = folder.partition(".")
-    return tail if dot and head.isdigit() and tail else folder
 
 
 def build_samples(splits: Splits) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:

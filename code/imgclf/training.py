@@ -230,6 +230,15 @@ def run(args) -> int:
             plot_learning_curves(args.output_data_dir, history, best["epoch"])
         log.info("saved the best model (epoch %s) to %s; reports in %s", best["epoch"],
                  args.model_dir, args.output_data_dir)
+    # -- evaluation report of the best model on the test split (every rank predicts its
+    #    shard, rank 0 writes SM_OUTPUT_DATA_DIR/evaluation/; see imgclf.evaluation) --------
+    from imgclf.evaluation import evaluate_job
+    evaluate_job(model, samples[test_split], classes, getattr(splits, test_split),
+                 os.path.join(args.output_data_dir, "evaluation"), device=device,
+                 image_size=args.image_size, resize_size=default_resize_size(args.image_size),
+                 **norm, batch_size=args.batch_size, num_workers=args.num_workers,
+                 rank=info.rank, world=info.world)
+    # -- end of the evaluation report ----------------------------------------------------------
     callbacks.on_train_end(ctx, final)
     return 0
 

@@ -11,8 +11,10 @@ One module per concern; ``cli`` only parses arguments and dispatches:
 - ``training``  CreateTrainingJob: Debugger rules, profiler, spot + checkpoints, logs, status
 - ``deploy``    CreateModel / CreateEndpointConfig / CreateEndpoint or UpdateEndpoint
                (real-time, ``--serverless`` or ``--async``)
+- ``client``    the one ``/invocations`` client: JSON batches, requests in flight, retries
 - ``invoke``    InvokeEndpoint or a local ``/invocations`` URL, top-k table
 - ``async_invoke`` ``invoke --async``: input to S3, InvokeEndpointAsync, wait for the result
+- ``evaluate``  evaluation report of a model dir, a server or an endpoint on a labelled folder
 - ``batch``     CreateModel + CreateTransformJob over an S3 prefix, progress and counts
 - ``autoscale`` Application Auto Scaling: scalable target, target tracking, scale from zero
 - ``cleanup``   delete scaling, endpoint, endpoint config and models

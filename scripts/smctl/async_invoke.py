@@ -79,7 +79,8 @@ def wait_result(api: Api, output: str, failure: str | None, timeout: float,
 
 
 def run_async_invoke(args, settings: Settings, api: Api) -> int:
-    from smctl.invoke import JSON, content_type_for, print_predictions
+    from smctl.client import JSON, content_type_for
+    from smctl.invoke import print_predictions
 
     if args.url:
         raise ConfigError("--async goes to a SageMaker endpoint, not --url",

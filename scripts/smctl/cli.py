@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from smctl import __version__, cleanup, data, deploy, invoke, registry, training, tuning
-from smctl import autoscale, batch
+from smctl import autoscale, batch, evaluate
 from smctl.aws import Api, ClientFactory
 from smctl.config import EXAMPLE_CONFIG, Settings, load_settings, load_state, state_path
 from smctl.errors import EXIT_INTERRUPTED, explain
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_parser(sub, parents)
     deploy.add_parser(sub, parents)
     invoke.add_parser(sub, parents)
+    evaluate.add_parser(sub, parents)
     batch.add_parser(sub, parents)
     autoscale.add_parser(sub, parents)
     cleanup.add_parser(sub, parents)

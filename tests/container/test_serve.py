@@ -35,19 +35,48 @@ def test_invocations_agree_with_the_model_and_beat_chance(endpoint, trained, sam
                              meta.mean, meta.std)
         offline = [meta.classes[i] for i in model(x).argmax(1).tolist()]
 
+    from smctl.client import HttpTransport, InvocationsClient
     served, correct = [], 0
-    for img in images:
-        preds = local_mode.invoke(endpoint, img)
+    for result in InvocationsClient(HttpTransport(endpoint)).send_raw(images):  # one per request
+        assert result.status == 200, result.body[:500]
+        preds = [(t["label"], t["probability"]) for t in json.loads(result.body)["predictions"][0]["topk"]]
         label, prob = preds[0]
         assert label in meta.classes and 0.0 <= prob <= 1.0
         assert len(preds) == min(5, len(meta.classes))  # default top-5, capped at the classes
         assert [p for _, p in preds] == sorted((p for _, p in preds), reverse=True)
         served.append(label)
-        correct += label == img.parent.name
+        correct += label == result.path.parent.name
     assert served == offline
     accuracy = correct / len(images)
     print(f"served accuracy on {len(images)} held-out images: {accuracy:.2f}")
     assert accuracy >= 0.45, f"3 classes, chance is 0.33; got {accuracy:.2f}"
+
+
+def test_evaluate_url_agrees_with_model_dir_and_the_job_report(endpoint, trained, sample_data,
+                                                               tmp_path):
+    """smctl evaluate: the image behind --url, the artifact in-process (--model-dir) and the
+    training job's own report (output/data/evaluation) agree image for image."""
+    import csv
+
+    from smctl.cli import main
+    test_dir = str(sample_data / "test")
+    assert main(["evaluate", "--data", test_dir, "--model-dir", str(trained["model"]),
+                 "--output", str(tmp_path / "md")]) == 0
+    t0 = time.monotonic()
+    assert main(["evaluate", "--data", test_dir, "--url", endpoint, "--output",
+                 str(tmp_path / "url")]) == 0
+    secs = time.monotonic() - t0
+    rows = {n: list(csv.DictReader((tmp_path / n / "predictions.csv").open())) for n in ("md", "url")}
+    assert [r["path"] for r in rows["md"]] == [r["path"] for r in rows["url"]] and rows["url"]
+    for a, b in zip(rows["md"], rows["url"]):
+        assert a["predicted"] == b["predicted"], a["path"]
+        assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=1e-4)
+    served = json.loads((tmp_path / "url" / "evaluation.json").read_text())
+    job = json.loads((trained["host"] / "output" / "data" / "evaluation" / "evaluation.json").read_text())
+    assert job["classes"] == served["classes"] and job["n_images"] == served["n_images"]
+    assert job["confusion_matrix"] == served["confusion_matrix"]
+    assert (tmp_path / "url" / "report.html").stat().st_size > 10_000
+    print(f"smctl evaluate --url against the image: {served['n_images'] / secs:.1f} images/s")
 
 
 @pytest.mark.parametrize("body, content_type, expect", [

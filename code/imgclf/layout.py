@@ -1,0 +1,31 @@
+"""The dogImages folder layout, torch-free: ``SPLIT/NNN.Class_Name/*.jpg``.
+
+Shared by training (:mod:`imgclf.data`) and the tools that read labelled folders without torch
+(``smctl evaluate``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from imgclf.images import is_image_file
+
+
+def list_images(split_dir: str) -> dict[str, list[str]]:
+    """class folder name -> sorted image paths (folders without images are left out)."""
+    classes: dict[str, list[str]] = {}
+    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        files = []
+        for root, _, names in os.walk(entry.path):
+            files.extend(os.path.join(root, n) for n in names if is_image_file(n))
+        if files:
+            classes[entry.name] = sorted(files)
+    return classes
+
+
+def display_name(folder: str) -> str:
+    """'001.Affenpinscher' -> 'Affenpinscher'; 'Golden_Retriever' -> 'Golden_Retriever'."""
+    head, dot, tail = folder.partition(".")
+    return tail if dot and head.isdigit() and tail else folder
