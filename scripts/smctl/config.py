@@ -22,6 +22,7 @@ Example (``smctl config --example`` prints a fuller one)::
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass, field, fields
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.config import SEED_SEARCH_SPACE
+from imgclf.options import str2bool
 from smctl.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "smctl.toml"
@@ -107,14 +109,10 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None:
         return None
     if kind.startswith("bool"):
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
+        try:
+            return str2bool(value)
+        except argparse.ArgumentTypeError:
+            raise ConfigError(f"{name} must be true or false, got {value!r}") from None
     if kind.startswith("int"):
         try:
             return int(value)
