@@ -60,18 +60,21 @@ def test_tune_seed_ranges_bayesian_spot(stubs, capsys):
                                "VolumeSizeInGB": 50},
             "StoppingCondition": {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 14400},
             "EnableManagedSpotTraining": True,
-            "StaticHyperParameters": {"epochs": "5", "amp": "true"},
+            "StaticHyperParameters": {"epochs": "5", "amp": "bf16"},
         },
     }
     stubs["sagemaker"].add_response("create_hyper_parameter_tuning_job",
                                     {"HyperParameterTuningJobArn": ARN}, expected)
     rc = main(["tune", *base_args(), "--image-uri", IMAGE, "--name", "dogs-tune-1", "--spot",
                "--max-runtime", "7200", "--max-wait", "14400", "--max-jobs", "6",
-               "--max-parallel-jobs", "3", "--hp", "epochs=5", "--hp", "amp=true",
-               "--hp", "batch-size=64"],  # a tuned name given as static is dropped
+               "--max-parallel-jobs", "3", "--hp", "epochs=5", "--hp", "amp=bf16",
+               "--hp", "batch_size=64"],  # the tuned batch-size given as static is dropped
+
               client_factory=stubs)
     assert rc == 0
-    assert "started tuning job dogs-tune-1" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    assert "started tuning job dogs-tune-1" in cap.out
+    assert "static batch-size=64 dropped: batch-size is tuned" in cap.err
 
 
 def test_tune_ranges_and_strategy_from_config(stubs, aws_env):
@@ -690,6 +693,84 @@ def test_rule_images_follow_the_region(aws_env, capsys):
     rc = main(["train", "--image-uri", IMAGE, "--region", "xx-nowhere-1", "--role-arn", ROLE,
                "--bucket", BUCKET, "--dry-run"])
     assert rc == 2 and "--rule-image" in capsys.readouterr().err
+
+
+# -- the hyperparameter schema (train.py's parser): refused before anything is sent ------------------
+@pytest.mark.parametrize("cmd", ["train", "tune"])
+@pytest.mark.parametrize("hp, words", [
+    ("epoch=3", "unknown hyperparameter 'epoch' - did you mean epochs"),
+    ("batch_szie=64", "unknown hyperparameter 'batch_szie' - did you mean batch-size"),
+    ("lr=0", "bad hyperparameter: lr must be > 0, got 0.0"),
+    ("optimizer=adam", "bad hyperparameter: argument --optimizer: invalid choice: 'adam'"),
+    ("epochs=two", "bad hyperparameter: argument --epochs: invalid int value: 'two'"),
+    ("image_size=8", "image-size must be in 16..1024, got 8"),
+    ("freeze-backbone=maybe", "expected a boolean"),
+])
+def test_schema_refuses_bad_hyperparameters_before_sending(aws_env, capsys, cmd, hp, words):
+    rc = main([cmd, *base_args(), "--image-uri", IMAGE, "--hp", hp], client_factory=_no_clients)
+    assert rc == 2
+    cap = capsys.readouterr()
+    err = cap.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("smctl: error: ") and words in err[0], err
+    assert cap.out == ""
+
+
+@pytest.mark.parametrize("ranges, words", [
+    ('lr = { type = "continuous", min = 0, max = 0.1 }', "lr must be > 0, got 0.0"),
+    ('weight_decai = { type = "continuous", min = 0.0, max = 0.1 }',
+     "unknown tuned hyperparameter 'weight_decai' - did you mean weight-decay"),
+    ('batch-size = { type = "continuous", min = 16, max = 64 }',
+     "tune range batch-size: batch-size is an integer"),
+    ('optimizer = { type = "categorical", values = ["sgd", "lion"] }', "invalid choice: 'lion'"),
+    ('label_smoothing = { type = "continuous", min = 0.0, max = 1.0 }',
+     "label-smoothing must be in [0, 1), got 1.0"),
+    ('lr = { type = "continuous", min = 0.01, max = 0.001 }', "min 0.01 is not below max 0.001"),
+    ('batch_size = { type = "categorical", values = [32] }\n'
+     'batch-size = { type = "categorical", values = [64] }', "tune range batch-size is given twice"),
+    ('arch = { type = "integer", min = 1, max = 3 }', "tune range arch: arch is not a number"),
+])
+def test_schema_refuses_bad_ranges_before_sending(aws_env, capsys, ranges, words):
+    (aws_env / "smctl.toml").write_text("[tune.ranges]\n" + ranges + "\n")
+    rc = main(["tune", *base_args(), "--image-uri", IMAGE], client_factory=_no_clients)
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+def test_schema_canonicalises_names_in_train_and_tune(stubs, aws_env):
+    """``batch_size`` and ``batch-size`` are one name: config and flags merge by it, a tuned
+    name is never also sent static, and ranges are sent in the parser's spelling."""
+    (aws_env / "smctl.toml").write_text(
+        '[hyperparameters]\nbatch_size = 32\nweight_decay = 0.001\n'
+        '[tune.ranges]\nweight_decay = { type = "continuous", min = 0.00001, max = 0.001, '
+        'scaling = "Logarithmic" }\n')
+    sm = stubs["sagemaker"]
+    sm.add_response("create_training_job", {"TrainingJobArn": ARN}, {
+        "TrainingJobName": "canon", "AlgorithmSpecification": ANY, "RoleArn": ROLE,
+        "InputDataConfig": ANY, "OutputDataConfig": ANY, "ResourceConfig": ANY,
+        "StoppingCondition": ANY,
+        "HyperParameters": {"batch-size": "64", "weight-decay": "0.001", "lr-schedule": "step"},
+        "ProfilerConfig": ANY})
+    assert main(["train", *base_args(), "--image-uri", IMAGE, "--name", "canon",
+                 "--hp", "batch-size=64", "--hp=--lr_schedule=step", "--no-debugger"],
+                client_factory=stubs) == 0
+    sm.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": ARN}, {
+        "HyperParameterTuningJobName": "canon-t",
+        "HyperParameterTuningJobConfig": {
+            "Strategy": "Bayesian",
+            "HyperParameterTuningJobObjective": {"Type": "Minimize",
+                                                 "MetricName": "average test loss"},
+            "ResourceLimits": {"MaxParallelTrainingJobs": 2, "MaxNumberOfTrainingJobs": 4},
+            "ParameterRanges": {"ContinuousParameterRanges": [
+                {"Name": "weight-decay", "MinValue": "1e-05", "MaxValue": "0.001",
+                 "ScalingType": "Logarithmic"}]},
+            "TrainingJobEarlyStoppingType": "Auto"},
+        "TrainingJobDefinition": {"AlgorithmSpecification": ALGO, "RoleArn": ROLE,
+                                  "InputDataConfig": ANY, "OutputDataConfig": ANY,
+                                  "ResourceConfig": ANY, "StoppingCondition": ANY,
+                                  "StaticHyperParameters": {"batch-size": "32"}}})
+    assert main(["tune", *base_args(), "--image-uri", IMAGE, "--name", "canon-t",
+                 "--hp", "weight-decay=0.0001"], client_factory=stubs) == 0
 
 
 # -- errors: one line, what to do, non-zero ----------------------------------------------------------

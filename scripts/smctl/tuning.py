@@ -11,19 +11,21 @@ continuous 0.001-0.01, batch size categorical 128/256/512) or come from ``[tune.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from imgclf.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE
 
+from smctl import schema
 from smctl.aws import Api
 from smctl.config import Settings, load_state, save_state
 from smctl.errors import ConfigError
 from smctl.training import (add_job_arguments, best_from_description, job_definition,
                             static_hyperparameters)
-from smctl.util import Poller, check_name, fmt_time, print_table, unique_name
+from smctl.util import Poller, check_name, fmt_time, hp_string, print_table, unique_name
 
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
-SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
+EARLY_STOPPING = ("Auto", "Off")
 TERMINAL = ("Completed", "Failed", "Stopped")
 MAX_NAME = 32  # HyperParameterTuningJobName limit
 
@@ -56,43 +58,27 @@ def add_parser(sub, parents) -> None:
     b.set_defaults(func=run_best)
 
 
-def parameter_ranges(ranges: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """``[tune.ranges]`` entries -> the API's ParameterRanges."""
+def parameter_ranges(space: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """A checked search space (:func:`smctl.schema.search_space`) -> the API's ParameterRanges."""
     out: dict[str, list[dict[str, Any]]] = {"ContinuousParameterRanges": [],
                                              "IntegerParameterRanges": [],
                                              "CategoricalParameterRanges": []}
-    for name, spec in ranges.items():
-        kind = str(spec.get("type", "")).lower()
-        if kind == "categorical":
-            values = spec.get("values")
-            if not values:
-                raise ConfigError(f"tune range {name}: categorical needs values = [...]")
-            out["CategoricalParameterRanges"].append({"Name": name,
-                                                      "Values": [str(v) for v in values]})
-        elif kind in ("continuous", "integer"):
-            if "min" not in spec or "max" not in spec:
-                raise ConfigError(f"tune range {name}: {kind} needs min and max")
-            lo, hi = spec["min"], spec["max"]
-            if float(lo) >= float(hi):
-                raise ConfigError(f"tune range {name}: min {lo} is not below max {hi}")
-            scaling = spec.get("scaling", "Auto")
-            if scaling not in SCALINGS:
-                raise ConfigError(f"tune range {name}: scaling {scaling!r}",
-                                  f"choose from {', '.join(SCALINGS)}")
-            if kind == "integer":
-                lo, hi = int(lo), int(hi)
-            key = "ContinuousParameterRanges" if kind == "continuous" else "IntegerParameterRanges"
-            out[key].append({"Name": name, "MinValue": str(lo), "MaxValue": str(hi),
-                             "ScalingType": scaling})
+    for name, spec in space.items():
+        if spec["type"] == "categorical":
+            out["CategoricalParameterRanges"].append({"Name": name, "Values": list(spec["values"])})
         else:
-            raise ConfigError(f"tune range {name}: type {spec.get('type')!r}",
-                              "use continuous, integer or categorical")
+            key = ("ContinuousParameterRanges" if spec["type"] == "continuous"
+                   else "IntegerParameterRanges")
+            out[key].append({"Name": name, "MinValue": hp_string(spec["min"]),
+                             "MaxValue": hp_string(spec["max"]), "ScalingType": spec["scaling"]})
     return {k: v for k, v in out.items() if v}
 
 
-def build_tuning_request(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+def resolve_study(settings: Settings, args: argparse.Namespace,
+                  log=lambda msg: print(msg, file=sys.stderr)) -> dict[str, Any]:
+    """What ``tune`` and ``tune --local`` share: strategy, limits, early stopping, the checked
+    search space and the static hyperparameters (canonical names, tuned ones left out)."""
     cfg = settings.tune
-    name = check_name(args.name or unique_name(args.base_name, MAX_NAME), "tuning job", MAX_NAME)
     strategy = args.strategy or cfg.get("strategy", "Bayesian")
     if strategy not in STRATEGIES:
         raise ConfigError(f"tune strategy {strategy!r}", f"choose from {', '.join(STRATEGIES)}")
@@ -101,19 +87,29 @@ def build_tuning_request(settings: Settings, args: argparse.Namespace) -> dict[s
                    else cfg.get("max_parallel_jobs", 2))
     early = args.early_stopping or cfg.get("early_stopping",
                                            "Off" if strategy == "Hyperband" else "Auto")
+    if early not in EARLY_STOPPING:
+        raise ConfigError(f"tune early_stopping {early!r}", "use Auto or Off")
     if strategy == "Hyperband" and early != "Off":
         raise ConfigError("Hyperband has its own early stopping", "use --early-stopping Off")
-
-    ranges = settings.tune_ranges()
-    param_ranges = parameter_ranges(ranges)
-    if strategy == "Grid" and set(param_ranges) != {"CategoricalParameterRanges"}:
+    static = static_hyperparameters(settings, args.hp)
+    space = schema.search_space(settings.tune_ranges(), static)
+    if strategy == "Grid" and any(s["type"] != "categorical" for s in space.values()):
         raise ConfigError("Grid search takes categorical ranges only",
                           "make every [tune.ranges] entry categorical or pick another strategy")
+    for name in sorted(set(static) & set(space)):
+        log(f"smctl: static {name}={static[name]} dropped: {name} is tuned")
+    static = {k: v for k, v in static.items() if k not in space}
+    return {"strategy": strategy, "max_jobs": max_jobs, "parallel": parallel,
+            "early_stopping": early, "space": space, "static": static}
 
+
+def build_tuning_request(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    name = check_name(args.name or unique_name(args.base_name, MAX_NAME), "tuning job", MAX_NAME)
+    study = resolve_study(settings, args)
+    strategy, max_jobs, parallel = study["strategy"], study["max_jobs"], study["parallel"]
     definition = job_definition(settings, args)
-    static = {k: v for k, v in static_hyperparameters(settings, args.hp).items() if k not in ranges}
-    if static:
-        definition["StaticHyperParameters"] = static
+    if study["static"]:
+        definition["StaticHyperParameters"] = study["static"]
     if args.spot and args.checkpoints:
         definition["CheckpointConfig"] = {"S3Uri": settings.s3_uri("checkpoints", name),
                                           "LocalPath": "/opt/ml/checkpoints"}
@@ -125,8 +121,8 @@ def build_tuning_request(settings: Settings, args: argparse.Namespace) -> dict[s
         "Strategy": strategy,
         "HyperParameterTuningJobObjective": {"Type": OBJECTIVE_TYPE, "MetricName": OBJECTIVE_METRIC},
         "ResourceLimits": limits,
-        "ParameterRanges": param_ranges,
-        "TrainingJobEarlyStoppingType": early,
+        "ParameterRanges": parameter_ranges(study["space"]),
+        "TrainingJobEarlyStoppingType": study["early_stopping"],
     }
     return {"HyperParameterTuningJobName": name, "HyperParameterTuningJobConfig": config,
             "TrainingJobDefinition": definition}
