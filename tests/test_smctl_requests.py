@@ -237,7 +237,7 @@ def test_train_with_debugger_rules_and_profiler(stubs):
                "--data", f"s3://{BUCKET}/imgclf/data/mine/",
                "--pretrained", f"s3://{BUCKET}/weights/resnet18.pth",
                "--hp", "epochs=8", "--hp", "lr=0.003",
-               "--hp", "weights=/opt/ml/input/data/pretrained/resnet18.pth"],
+               "--hp", "weights=/opt/ml/input/data/pretrained/resnet18.pth", "--debugger"],
               client_factory=stubs)
     assert rc == 0
 
@@ -257,7 +257,6 @@ def test_train_spot_checkpoints_without_debugger(stubs, capsys):
         "EnableManagedSpotTraining": True,
         "CheckpointConfig": {"S3Uri": f"s3://{BUCKET}/imgclf/checkpoints/dogs-spot",
                              "LocalPath": "/opt/ml/checkpoints"},
-        "ProfilerConfig": {"DisableProfiler": True},
     }
     stubs["sagemaker"].add_response("create_training_job", {"TrainingJobArn": ARN}, expected)
     rc = main(["train", *base_args(), "--image-uri", IMAGE, "--name", "dogs-spot",
@@ -300,8 +299,7 @@ def test_train_from_best_of_tuning(stubs, aws_env):
         "StoppingCondition": ANY,
         # config < tuning's static + tuned < --hp
         "HyperParameters": {"epochs": "5", "patience": "3", "lr": "0.0042", "batch-size": "256",
-                            "seed": "7"},
-        "ProfilerConfig": {"DisableProfiler": True}})
+                            "seed": "7"}})
     rc = main(["train", *base_args(), "--image-uri", IMAGE, "--name", "final",
                "--from-tuning", "t3", "--hp", "seed=7", "--no-debugger"], client_factory=stubs)
     assert rc == 0
@@ -381,7 +379,7 @@ def test_train_wait_streams_logs_and_shows_rule_results(stubs, capsys):
                       {"logGroupName": "/aws/sagemaker/TrainingJobs", "logStreamName": stream,
                        "startFromHead": True, "nextToken": "f/3"})
 
-    rc = main(["train", *base_args(), "--image-uri", IMAGE, "--name", "dogs-2", "--wait",
+    rc = main(["train", *base_args(), "--image-uri", IMAGE, "--name", "dogs-2", "--wait", "--debugger",
                "--poll-seconds", "0"], client_factory=stubs)
     assert rc == 0
     cap = capsys.readouterr()
@@ -685,13 +683,13 @@ def test_rule_images_follow_the_region(aws_env, capsys):
     for region, account, domain in (("eu-west-1", "929884845733", "amazonaws.com"),
                                     ("cn-north-1", "618459771430", "amazonaws.com.cn")):
         assert main(["train", "--image-uri", IMAGE, "--region", region, "--role-arn", ROLE,
-                     "--bucket", BUCKET, "--dry-run"]) == 0
+                     "--bucket", BUCKET, "--dry-run", "--debugger"]) == 0
         req = json.loads(capsys.readouterr().out)[0]["request"]
         images = {r["RuleEvaluatorImage"] for r in req["DebugRuleConfigurations"]
                   + req["ProfilerRuleConfigurations"]}
         assert images == {f"{account}.dkr.ecr.{region}.{domain}/sagemaker-debugger-rules:latest"}
     rc = main(["train", "--image-uri", IMAGE, "--region", "xx-nowhere-1", "--role-arn", ROLE,
-               "--bucket", BUCKET, "--dry-run"])
+               "--bucket", BUCKET, "--dry-run", "--debugger"])
     assert rc == 2 and "--rule-image" in capsys.readouterr().err
 
 
@@ -749,10 +747,9 @@ def test_schema_canonicalises_names_in_train_and_tune(stubs, aws_env):
         "TrainingJobName": "canon", "AlgorithmSpecification": ANY, "RoleArn": ROLE,
         "InputDataConfig": ANY, "OutputDataConfig": ANY, "ResourceConfig": ANY,
         "StoppingCondition": ANY,
-        "HyperParameters": {"batch-size": "64", "weight-decay": "0.001", "lr-schedule": "step"},
-        "ProfilerConfig": ANY})
+        "HyperParameters": {"batch-size": "64", "weight-decay": "0.001", "lr-schedule": "step"}})
     assert main(["train", *base_args(), "--image-uri", IMAGE, "--name", "canon",
-                 "--hp", "batch-size=64", "--hp=--lr_schedule=step", "--no-debugger"],
+                 "--hp", "batch-size=64", "--hp=--lr_schedule=step"],
                 client_factory=stubs) == 0
     sm.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": ARN}, {
         "HyperParameterTuningJobName": "canon-t",
@@ -859,7 +856,7 @@ def test_dry_run_data_upload_and_fetch(aws_env, capsys):
 
 def test_rule_subset_and_unknown_rule(aws_env, capsys):
     assert main(["train", *base_args(), "--image-uri", IMAGE, "--rules", "overfit,vanishing_gradient",
-                 "--no-profiler", "--dry-run"]) == 0
+                 "--no-profiler", "--dry-run", "--debugger"]) == 0
     req = json.loads(capsys.readouterr().out)[0]["request"]
     assert [r["RuleConfigurationName"] for r in req["DebugRuleConfigurations"]] == \
         ["Overfit", "VanishingGradient"]
@@ -867,7 +864,8 @@ def test_rule_subset_and_unknown_rule(aws_env, capsys):
         ["gradients", "losses"]
     assert req["ProfilerConfig"] == {"DisableProfiler": True}
     assert "ProfilerRuleConfigurations" not in req
-    assert main(["train", *base_args(), "--image-uri", IMAGE, "--rules", "overfitt", "--dry-run"]) == 2
+    assert main(["train", *base_args(), "--image-uri", IMAGE, "--rules", "overfitt", "--dry-run",
+                 "--debugger"]) == 2
     assert "unknown Debugger rule(s): overfitt" in capsys.readouterr().err
 
 
@@ -910,20 +908,36 @@ def test_example_config_loads_and_drives_a_tuning_request(aws_env, capsys):
     assert req["TrainingJobDefinition"]["StaticHyperParameters"]["amp"] == "auto"
 
 
-def test_debugger_off_from_env_and_the_debugger_error_hint(stubs, monkeypatch, capsys):
-    monkeypatch.setenv("SMCTL_DEBUGGER", "false")
-    assert main(["train", *base_args(), "--image-uri", IMAGE, "--dry-run"],
-                client_factory=_no_clients) == 0
-    req = json.loads(capsys.readouterr().out)[0]["request"]
-    assert not {"DebugHookConfig", "DebugRuleConfigurations",
-                "ProfilerRuleConfigurations"} & set(req)
-    assert req["ProfilerConfig"] == {"DisableProfiler": True}
+DEBUGGER_FIELDS = {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig",
+                   "ProfilerRuleConfigurations"}
+
+
+def test_debugger_is_opt_in_and_the_debugger_error_hint(stubs, monkeypatch, capsys):
+    """A new account's first job asks for nothing of SageMaker Debugger; --debugger (or
+    debugger = true / SMCTL_DEBUGGER=true) sends it; --no-debugger still parses and wins."""
+    def request(*extra):
+        assert main(["train", *base_args(), "--image-uri", IMAGE, "--dry-run", *extra],
+                    client_factory=_no_clients) == 0
+        return json.loads(capsys.readouterr().out)[0]["request"]
+    assert not DEBUGGER_FIELDS & set(request())
+    assert not DEBUGGER_FIELDS & set(request("--no-debugger"))
+    assert DEBUGGER_FIELDS <= set(request("--debugger"))
+    monkeypatch.setenv("SMCTL_DEBUGGER", "true")
+    assert DEBUGGER_FIELDS <= set(request())
+    assert not DEBUGGER_FIELDS & set(request("--no-debugger"))
     monkeypatch.delenv("SMCTL_DEBUGGER")
+    # Debugger-only flags without --debugger: refused, not silently dropped
+    assert main(["train", *base_args(), "--image-uri", IMAGE, "--dry-run", "--rules", "overfit"],
+                client_factory=_no_clients) == 2
+    assert "add --debugger" in capsys.readouterr().err
+    # an account that opted in without access: the hint says how to turn it off
     stubs["sagemaker"].add_client_error(
         "create_training_job", "ValidationException",
         "SageMaker Debugger is not available for this account.", 400)
-    assert main(["train", *base_args(), "--image-uri", IMAGE], client_factory=stubs) == 2
-    assert "rerun with --no-debugger" in capsys.readouterr().err
+    assert main(["train", *base_args(), "--image-uri", IMAGE, "--debugger"],
+                client_factory=stubs) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "drop --debugger" in err[0] and "SMCTL_DEBUGGER=false" in err[0]
 
 
 def test_stop_training_and_tuning_jobs(stubs, capsys):

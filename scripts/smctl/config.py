@@ -59,7 +59,7 @@ class Settings:
     max_runtime_s: int = 24 * 3600
     max_wait_s: int = 48 * 3600          # spot: runtime + time spent waiting for capacity
     rule_instance_type: str | None = None  # None: SageMaker picks (built-in rules)
-    debugger: bool = True                # False: no Debugger hook/rules/profiler (train --no-debugger)
+    debugger: bool = False               # True: SageMaker Debugger rules/hook/profiler (train --debugger)
     # Hosting.
     endpoint_name: str | None = None
     serve_instance_type: str = "ml.g4dn.xlarge"
@@ -200,7 +200,7 @@ repository = "imgclf-sagemaker"        # ECR repository for build-push
 train_instance_type = "ml.g4dn.xlarge"
 serve_instance_type = "ml.g4dn.xlarge"
 endpoint_name = "imgclf-dogs"
-# debugger = false                     # accounts without SageMaker Debugger (closed to new customers)
+# debugger = true                      # SageMaker Debugger rules + ProfilerReport (accounts with access)
 # inference_ami_version = "al2-ami-sagemaker-inference-gpu-3-1"  # GPU hosts only (CUDA 12.8 image)
 
 [hyperparameters]                      # static hyperparameters for tune and train

@@ -162,9 +162,10 @@ def best_from_description(desc: dict[str, Any]) -> tuple[dict[str, str], str]:
 # -- train ----------------------------------------------------------------------------------
 def add_parser(sub, parents) -> None:
     p = sub.add_parser("train", parents=parents, help="start a training job (CreateTrainingJob)",
-                       description="Start a SageMaker training job with the image: Debugger "
-                                   "rules + profiler report unless --no-debugger, managed spot "
-                                   "with checkpoints with --spot.")
+                       description="Start a SageMaker training job with the image: its own "
+                                   "rules and profiler report run in the container; SageMaker "
+                                   "Debugger only with --debugger; managed spot with "
+                                   "checkpoints with --spot.")
     add_job_arguments(p)
     p.add_argument("--name", help="job name (default: BASE-YYMMDD-HHMMSS)")
     p.add_argument("--base-name", default="imgclf", help="prefix of generated names (default: imgclf)")
@@ -175,17 +176,26 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--checkpoint-s3", metavar="S3_URI",
                    help="CheckpointConfig S3 URI (default with --spot: "
                         "s3://BUCKET/PREFIX/checkpoints/JOB)")
-    d = p.add_argument_group("debugger and profiler")
+    d = p.add_argument_group(
+        "SageMaker Debugger (opt-in)",
+        "Off by default: the job's own rules (rules_report.json) and profiler report "
+        "(profiler_report.html) run in the container either way. --debugger adds AWS's "
+        "built-in rules, the tensor hook and the ProfilerReport rule (accounts with access to "
+        "SageMaker Debugger only; also: debugger = true / SMCTL_DEBUGGER=true).")
+    d.add_argument("--debugger", dest="debugger", action="store_const", const=True,
+                   help="send DebugHookConfig, DebugRuleConfigurations, ProfilerConfig and the "
+                        "ProfilerReport rule")
     d.add_argument("--no-debugger", dest="debugger", action="store_const", const=False,
-                   help="no Debugger hook, rules or profiler (accounts without SageMaker "
-                        "Debugger; also: debugger = false / SMCTL_DEBUGGER=false)")
-    d.add_argument("--rules", default="all",
-                   help="comma list of built-in rules (default: all: "
-                        + ", ".join(debugger.BUILTIN_RULES) + ")")
-    d.add_argument("--no-profiler", action="store_true", help="no ProfilerConfig/ProfilerReport")
-    d.add_argument("--rule-image", help="rule evaluator image URI (default: AWS's for the region)")
+                   help="none of them (the default; wins over debugger = true)")
+    d.add_argument("--rules", help="with --debugger: comma list of built-in rules (default: all: "
+                                   + ", ".join(debugger.BUILTIN_RULES) + ")")
+    d.add_argument("--no-profiler", action="store_true",
+                   help="with --debugger: no ProfilerConfig/ProfilerReport")
+    d.add_argument("--rule-image", help="with --debugger: rule evaluator image URI (default: "
+                                        "AWS's for the region)")
     d.add_argument("--rule-instance-type", dest="rule_instance_type",
-                   help="instance type for rule evaluation (default: SageMaker's choice)")
+                   help="with --debugger: instance type for rule evaluation (default: "
+                        "SageMaker's choice)")
     add_follow_arguments(p)
     p.set_defaults(func=run_train)
 
@@ -240,9 +250,16 @@ def build_training_request(settings: Settings, args: argparse.Namespace, api: Ap
             debug_s3=settings.s3_uri("debug-output"),
             profiler_s3=None if args.no_profiler else settings.s3_uri("profiler-output"),
             rule_image=args.rule_image or None, rule_instance_type=settings.rule_instance_type))
-    if not settings.debugger or args.no_profiler:
-        # Explicitly off (as the SageMaker SDK does): no Debugger system monitoring either.
-        req["ProfilerConfig"] = {"DisableProfiler": True}
+        if args.no_profiler:
+            # Explicitly off (as the SageMaker SDK does): no Debugger system monitoring either.
+            req["ProfilerConfig"] = {"DisableProfiler": True}
+    else:
+        given = [f for f, v in (("--rules", args.rules), ("--no-profiler", args.no_profiler),
+                                ("--rule-image", args.rule_image)) if v]
+        if given:
+            raise ConfigError(f"{', '.join(given)} configure SageMaker Debugger, which is off",
+                              "add --debugger (accounts with Debugger access), or drop them: "
+                              "the job's own rules and profiler report run without it")
     return req
 
 
