@@ -63,6 +63,11 @@ def canonical(name: str, what: str = "hyperparameter") -> str:
     raise ConfigError(f"unknown {what} {name!r}", hint.strip())
 
 
+def default(name: str) -> Any:
+    """train.py's default for a (canonical) name."""
+    return _options()[name].default
+
+
 def _kind(name: str) -> type | None:
     t = _options()[name].type
     return t if t in (int, float) else None

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from imgclf.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE
 
 from smctl import schema
+from smctl.local.tuning import add_arguments as local_arguments
 from smctl.aws import Api
 from smctl.config import Settings, load_state, save_state
 from smctl.errors import ConfigError
@@ -49,11 +51,13 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--wait", action="store_true", help="show progress until the tuning job ends")
     p.add_argument("--poll-seconds", type=float, default=60.0,
                    help="seconds between progress polls (default: 60)")
+    local_arguments(p)
     p.set_defaults(func=run_tune)
 
     b = sub.add_parser("best", parents=parents,
                        help="a tuning job's progress and its training jobs ranked by objective")
-    b.add_argument("tuning_job", nargs="?", help="tuning job name (default: the last one started)")
+    b.add_argument("tuning_job", nargs="?", help="tuning job name (default: the last one started), "
+                                                 "or a local study's OUTPUT folder")
     b.add_argument("--top", type=int, default=10, help="rows in the table (default: 10)")
     b.set_defaults(func=run_best)
 
@@ -129,6 +133,16 @@ def build_tuning_request(settings: Settings, args: argparse.Namespace) -> dict[s
 
 
 def run_tune(args, settings: Settings, api: Api) -> int:
+    if args.local:
+        from smctl.local import tuning as local  # Optuna is imported only when trials run
+        if api.dry_run:  # every check, then the plan; no trial starts
+            plan = local.resolve(args, settings)
+            api.record("tune-local", name=plan.name, output=plan.output, storage=local.redact(plan.storage),
+                       strategy=plan.strategy, max_jobs=plan.max_jobs, parallel=plan.parallel,
+                       early_stopping=plan.early_stopping, space=plan.space, static=plan.static,
+                       runner=plan.runner_kind, image=plan.image)
+            return 0
+        return local.run_local(args, settings)
     req = build_tuning_request(settings, args)
     api.call("sagemaker", "create_hyper_parameter_tuning_job", **req)
     if api.dry_run:
@@ -176,6 +190,9 @@ def wait(api: Api, name: str, poller: Poller) -> int:
 
 
 def run_best(args, settings: Settings, api: Api) -> int:
+    if args.tuning_job and Path(args.tuning_job).is_dir():  # a local study's OUTPUT folder
+        from smctl.local.tuning import run_best_local
+        return run_best_local(Path(args.tuning_job), args.top)
     name = args.tuning_job or load_state().get("tuning_job")
     if not name:
         raise ConfigError("no tuning job given", "pass the tuning job name")
@@ -194,8 +211,36 @@ def _list_request(api: Api, name: str, order: str, top: int):
                     SortOrder=order, MaxResults=max(1, min(top, 100)))
 
 
+RANKED_COLUMNS = ["FinalObjectiveValue", "TrainingJobName", "TrainingJobStatus",
+                  "TrainingStartTime", "TrainingEndTime", "TrainingElapsedTimeSeconds"]
+
+
+def print_ranked(rows: list[dict[str, Any]], tuned: list[str], metric: str,
+                 best: tuple[str, float | None, dict[str, str]] | None, ref: str) -> bool:
+    """The seed's table, for a SageMaker tuning job and a local study alike: one row per
+    training job/trial (``tuned``, ``objective``, ``name``, ``status``, ``start``, ``end``,
+    ``elapsed``), then the best one's hyperparameters. False if there is no best yet."""
+    table = []
+    for r in rows:
+        table.append([*(r["tuned"].get(k, "") for k in tuned),
+                      f"{r['objective']:.4f}" if r.get("objective") is not None else "",
+                      r["name"], r["status"], fmt_time(r.get("start")), fmt_time(r.get("end")),
+                      f"{r['elapsed']:.0f}" if r.get("elapsed") is not None else ""])
+    print()
+    print_table(table, [*tuned, *RANKED_COLUMNS])
+    if best is None:
+        print("\nno best training job yet")
+        return False
+    name, value, hps = best
+    print(f"\nbest training job: {name}  {metric}="
+          f"{value if value is not None else float('nan'):.4f}")
+    print_table(sorted(hps.items()), ["hyperparameter", "value"])
+    print(f"\nnext: smctl train --from-tuning {ref}")
+    return True
+
+
 def print_best(api: Api, name: str, desc: dict[str, Any], top: int = 10) -> bool:
-    """The seed's table: tuned hyperparameters, objective, job, status, times. False if no best."""
+    """The ranked table of a SageMaker tuning job. False if no best job yet."""
     objective = desc["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]
     order = "Ascending" if objective["Type"] == "Minimize" else "Descending"
     summaries = _list_request(api, name, order, top)["TrainingJobSummaries"]
@@ -204,21 +249,14 @@ def print_best(api: Api, name: str, desc: dict[str, Any], top: int = 10) -> bool
     for s in summaries:
         metric = s.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
         start, end = s.get("TrainingStartTime"), s.get("TrainingEndTime")
-        elapsed = (end - start).total_seconds() if start and end else None
-        rows.append([*(s.get("TunedHyperParameters", {}).get(k, "") for k in tuned),
-                     f"{metric['Value']:.4f}" if "Value" in metric else "",
-                     s["TrainingJobName"], s["TrainingJobStatus"], fmt_time(start), fmt_time(end),
-                     f"{elapsed:.0f}" if elapsed is not None else ""])
-    print()
-    print_table(rows, [*tuned, "FinalObjectiveValue", "TrainingJobName", "TrainingJobStatus",
-                       "TrainingStartTime", "TrainingEndTime", "TrainingElapsedTimeSeconds"])
-    if not desc.get("BestTrainingJob"):
-        print("\nno best training job yet")
-        return False
-    hps, best_job = best_from_description(desc)
-    metric = desc["BestTrainingJob"].get("FinalHyperParameterTuningJobObjectiveMetric") or {}
-    print(f"\nbest training job: {best_job}  {metric.get('MetricName', objective['MetricName'])}"
-          f"={metric.get('Value', float('nan')):.4f}")
-    print_table(sorted(hps.items()), ["hyperparameter", "value"])
-    print(f"\nnext: smctl train --from-tuning {name}")
-    return True
+        rows.append({"tuned": s.get("TunedHyperParameters", {}), "objective": metric.get("Value"),
+                     "name": s["TrainingJobName"], "status": s["TrainingJobStatus"],
+                     "start": start, "end": end,
+                     "elapsed": (end - start).total_seconds() if start and end else None})
+    best = None
+    if desc.get("BestTrainingJob"):
+        hps, best_job = best_from_description(desc)
+        metric = desc["BestTrainingJob"].get("FinalHyperParameterTuningJobObjectiveMetric") or {}
+        best = (best_job, metric.get("Value"), hps)
+        objective = {**objective, "MetricName": metric.get("MetricName", objective["MetricName"])}
+    return print_ranked(rows, tuned, objective["MetricName"], best, name)
