@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,8 +181,6 @@ def machine_split(parallel: int, static: dict[str, str], space: dict) -> tuple[d
 
 # -- Optuna ---------------------------------------------------------------------------------------
 def _optuna():
-    import warnings
-
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -235,14 +234,20 @@ def storage_for(url: str):
 def open_study(cfg: LocalStudy, sampler=None, pruner=None):
     optuna = _optuna()
     cfg.output.mkdir(parents=True, exist_ok=True)
-    try:
-        study = optuna.create_study(study_name=cfg.name, storage=storage_for(cfg.storage),
-                                    sampler=sampler, pruner=pruner, load_if_exists=True,
-                                    direction=OBJECTIVE_TYPE.lower())
-    except Exception as e:  # noqa: BLE001 - a bad URL or an unreachable database: one line
-        raise ConfigError(f"cannot open the study storage {redact(cfg.storage)}: "
-                          f"{type(e).__name__}: {' '.join(str(e).split())[:200]}",
-                          "check --storage") from None
+    for attempt in range(5):
+        try:
+            study = optuna.create_study(study_name=cfg.name, storage=storage_for(cfg.storage),
+                                        sampler=sampler, pruner=pruner, load_if_exists=True,
+                                        direction=OBJECTIVE_TYPE.lower())
+            break
+        except Exception as e:  # noqa: BLE001 - a bad URL or an unreachable database: one line
+            # Two tuners creating one fresh database race on its tables: the loser retries.
+            if "already exists" in str(e) and attempt < 4:
+                time.sleep(1 + attempt)
+                continue
+            raise ConfigError(f"cannot open the study storage {redact(cfg.storage)}: "
+                              f"{type(e).__name__}: {' '.join(str(e).split())[:200]}",
+                              "check --storage") from None
     stored = study.user_attrs.get("space")
     if stored is None:
         study.set_user_attr("space", cfg.space)
@@ -271,6 +276,7 @@ class Running:
     name: str
     job: Job
     gpu: str | None
+    epochs: int
     reported: int = 0
 
     @property
@@ -300,8 +306,18 @@ def state_of(t) -> str:
     if name == "PRUNED":
         return "Stopped"
     if name == "FAIL":
-        return t.user_attrs.get("state", "Failed")
+        return "Stopped" if t.user_attrs.get("state") == "Stopped" else "Failed"
     return "InProgress" if name == "RUNNING" else name.title()
+
+
+def _tell(study, trial, value=None, state=None) -> None:
+    """study.tell, except that GridSampler's "grid exhausted" study.stop(), which Optuna only
+    allows inside optimize(), is ignored: the state is stored before it raises."""
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
 
 
 class Tuner:
@@ -324,7 +340,7 @@ class Tuner:
                   if t.number < trial.number and _counted(t)]
         if len(before) >= self.cfg.max_jobs:
             trial.set_user_attr("overflow", True)
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            _tell(self.study, trial, state=optuna.trial.TrialState.FAIL)
             return None
         return trial
 
@@ -343,7 +359,7 @@ class Tuner:
         job = self.runner.launch(tree, name, env=self.env, gpu=gpu)
         where = f"GPU {gpu}" if gpu is not None else f"{self.env['OMP_NUM_THREADS']} thread(s)"
         _log(f"{name} started: " + " ".join(f"{k}={v}" for k, v in tuned.items()) + f" ({where})")
-        return Running(trial, name, job, gpu)
+        return Running(trial, name, job, gpu, epochs=int(hps.get("epochs", schema.default("epochs"))))
 
     def step(self, r: Running) -> bool:
         """Report new epochs, prune, finish. True when the trial is over."""
@@ -351,18 +367,21 @@ class Tuner:
         found = parse_metrics(r.job.log_text())
         losses = found.get(INTERMEDIATE_METRIC, [])
         for epoch in range(r.reported, len(losses)):
-            value = losses[epoch]
-            r.trial.report(value if math.isfinite(value) else float("inf"), step=epoch + 1)
+            value = losses[epoch] if math.isfinite(losses[epoch]) else float("inf")  # nan: worst
+            r.trial.report(value, step=epoch + 1)
             r.reported = epoch + 1
-            if rc is None and r.trial.should_prune():
+            # Not after the last epoch: only the test evaluation is left, stopping saves nothing.
+            if rc is None and epoch + 1 < r.epochs and r.trial.should_prune():
                 self.finish(r, found, "Stopped", reason=f"median rule: valid_loss={value:.4f} "
                                                         f"at epoch {epoch + 1}", stop=True)
                 return True
         if rc is None:
             return False
         objective = found.get(OBJECTIVE_METRIC)
-        if rc == 0 and objective:
+        if rc == 0 and objective and math.isfinite(objective[-1]):
             self.finish(r, found, "Completed", value=objective[-1])
+        elif rc == 0 and objective:
+            self.finish(r, found, "Failed", reason=f"{OBJECTIVE_METRIC} is {objective[-1]}")
         else:
             lines = [l for l in r.job.log_text().splitlines() if l.strip()]
             reason = r.job.tree.failure or (f"exit {rc}, no failure file; last log line: "
@@ -394,17 +413,18 @@ class Tuner:
             t.set_user_attr("interrupted", True)
         ts = optuna.trial.TrialState
         if state == "Completed":
-            self.study.tell(t, value)
+            _tell(self.study, t, value)
         elif state == "Stopped" and not interrupted:
-            self.study.tell(t, state=ts.PRUNED)
+            _tell(self.study, t, state=ts.PRUNED)
         else:
-            self.study.tell(t, state=ts.FAIL)
+            _tell(self.study, t, state=ts.FAIL)
         if interrupted:
             self.study.enqueue_trial(dict(t.params), skip_if_exists=False)
         if r.gpu is not None:
             self.free_gpus.append(r.gpu)
         detail = (f"{OBJECTIVE_METRIC}={value:.4f}" if value is not None
-                  else reason or ", ".join(f"{k}={v:.4f}" for k, v in last.items()))
+                  else (reason[:200] + ("..." if len(reason) > 200 else "")) if reason
+                  else ", ".join(f"{k}={v:.4f}" for k, v in last.items()))
         _log(f"{r.name} {state} after {seconds:.0f}s, {len(found.get(INTERMEDIATE_METRIC, []))} "
              f"epoch(s): {detail}")
 
@@ -486,7 +506,7 @@ class Tuner:
              f"trials / (wall x {self.slots} slots) = {share:.0%}; report {self.cfg.output / 'report.html'}")
         if ok:
             return 0
-        reasons = sorted({t.user_attrs.get("reason", "?") for t in self.study.get_trials(deepcopy=False)
+        reasons = sorted({t.user_attrs.get("reason", "?")[:200] for t in self.study.get_trials(deepcopy=False)
                           if state_of(t) == "Failed" and not t.user_attrs.get("overflow")})
         if reasons:
             raise SmctlError(f"every trial failed: {'; '.join(reasons)[:600]}",
@@ -637,6 +657,8 @@ def plots(study) -> list[tuple[str, str | None, str]]:
               ("Validation loss per epoch, every trial", vis.plot_intermediate_values, 0),
               ("Hyperparameter importances", vis.plot_param_importances, 3)]
     out = []
+    warnings.filterwarnings("ignore", module="matplotlib")  # e.g. one value: "singular xlims"
+    warnings.filterwarnings("ignore", module="optuna")
     for title, fn, need in wanted:
         if len(completed) < need:
             out.append((title, None, f"needs {need} completed trials ({len(completed)} so far)"))
