@@ -131,6 +131,22 @@ optimizer = {{ type = "categorical", values = ["sgd", "adamw"] }}
     assert check(captured)
 
 
+def test_tune_completion_criteria_and_seed_and_local_only_flags(aws_env, capsys):
+    assert main(["tune", *base_args(), "--image-uri", IMAGE, "--dry-run", "--seed", "7",
+                 "--target-objective", "0.5", "--max-jobs-not-improving", "3"],
+                client_factory=_no_clients) == 0
+    cfg = json.loads(capsys.readouterr().out)[0]["request"]["HyperParameterTuningJobConfig"]
+    assert cfg["RandomSeed"] == 7
+    assert cfg["TuningJobCompletionCriteria"] == {
+        "TargetObjectiveMetricValue": 0.5,
+        "BestObjectiveNotImproving": {"MaxNumberOfTrainingJobsNotImproving": 3}}
+    assert main(["tune", *base_args(), "--image-uri", IMAGE, "--dry-run", "--runner", "host"],
+                client_factory=_no_clients) == 2
+    assert "--runner only apply to a local study - add --local" in capsys.readouterr().err
+    assert main(["tune", "--local", "--spot", "--data", "x"], client_factory=_no_clients) == 2
+    assert "--spot only apply to a SageMaker tuning job" in capsys.readouterr().err
+
+
 def test_grid_needs_categorical_ranges(aws_env, capsys):
     rc = main(["tune", *base_args(), "--image-uri", IMAGE, "--strategy", "Grid", "--dry-run"])
     assert rc == 2

@@ -128,11 +128,32 @@ def build_tuning_request(settings: Settings, args: argparse.Namespace) -> dict[s
         "ParameterRanges": parameter_ranges(study["space"]),
         "TrainingJobEarlyStoppingType": study["early_stopping"],
     }
+    # AMT's completion criteria and seed: the same flags as --local
+    criteria: dict[str, Any] = {}
+    if args.target_objective is not None:
+        criteria["TargetObjectiveMetricValue"] = args.target_objective
+    if args.max_jobs_not_improving is not None:
+        criteria["BestObjectiveNotImproving"] = {
+            "MaxNumberOfTrainingJobsNotImproving": args.max_jobs_not_improving}
+    if criteria:
+        config["TuningJobCompletionCriteria"] = criteria
+    if args.seed is not None:
+        config["RandomSeed"] = args.seed
     return {"HyperParameterTuningJobName": name, "HyperParameterTuningJobConfig": config,
             "TrainingJobDefinition": definition}
 
 
 def run_tune(args, settings: Settings, api: Api) -> int:
+    local_only = [f for f, v in (("--output", args.output), ("--storage", args.storage),
+                                 ("--runner", args.runner), ("--image", args.image)) if v]
+    aws_only = [f for f, v in (("--spot", args.spot), ("--checkpoints", args.checkpoints),
+                               ("--pretrained", args.pretrained),
+                               ("--single-channel", args.single_channel)) if v]
+    if local_only and not args.local:
+        raise ConfigError(f"{', '.join(local_only)} only apply to a local study", "add --local")
+    if aws_only and args.local:
+        raise ConfigError(f"{', '.join(aws_only)} only apply to a SageMaker tuning job",
+                          "drop them for --local")
     if args.local:
         from smctl.local import tuning as local  # Optuna is imported only when trials run
         if api.dry_run:  # every check, then the plan; no trial starts

@@ -63,18 +63,20 @@ def add_arguments(p) -> None:
     g.add_argument("--local", action="store_true",
                    help="run the study here: each trial a local training job (no AWS)")
     g.add_argument("--output", metavar="DIR", help="the study's folder (default: local/tune/NAME)")
-    g.add_argument("--runner", choices=("host", "container"), default="host",
+    g.add_argument("--runner", choices=("host", "container"),
                    help="host: code/train.py under the sagemaker-training `train` entry; "
                         "container: docker run IMAGE train (default: host)")
     g.add_argument("--image", help="--runner container: the image (default: make -s image-name)")
     g.add_argument("--storage", metavar="URL",
                    help="Optuna RDB URL shared by tuner processes, e.g. postgresql://... or "
                         "sqlite:////path/study.db (default: OUTPUT/study.db)")
-    g.add_argument("--seed", type=int, help="sampler seed (default: none)")
+    g.add_argument("--seed", type=int, help="sampler seed (SageMaker: RandomSeed; default: none)")
     g.add_argument("--target-objective", type=float, metavar="VALUE",
-                   help="stop once a trial's objective is at or below VALUE")
+                   help="stop once a trial's objective is at or below VALUE (SageMaker: "
+                        "TuningJobCompletionCriteria)")
     g.add_argument("--max-jobs-not-improving", type=int, metavar="N",
-                   help="stop after N trials in a row that did not improve the best objective")
+                   help="stop after N trials in a row that did not improve the best objective "
+                        "(SageMaker: BestObjectiveNotImproving)")
 
 
 # -- what a study is made of ---------------------------------------------------------------------
@@ -123,6 +125,7 @@ def resolve(args, settings) -> LocalStudy:
     if study["strategy"] == "Grid":  # every combination, as AMT
         max_jobs = math.prod(len(s["values"]) for s in study["space"].values())
     image = None
+    args.runner = args.runner or "host"
     if args.runner == "container":
         image = args.image or default_image()
         if not image:
