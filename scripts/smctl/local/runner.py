@@ -21,8 +21,8 @@ Hyperparameter values are written as JSON strings, as SageMaker does.
 - :class:`HostRunner` runs ``code/train.py`` under the real sagemaker-training ``train`` entry
   with ``SAGEMAKER_BASE_DIR=ROOT``, in a process group of its own (stop = killpg: the toolkit,
   train.py, torchrun and the DataLoader workers all go).
-- :class:`ContainerRunner` runs ``docker run --name NAME IMAGE train`` with the tree mounted
-  (stop = docker stop, then rm).
+- :class:`ContainerRunner` runs ``docker run --name NAME-PID IMAGE train`` with the tree
+  mounted (stop = docker stop, then rm).
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ class ContainerRunner:
 
     def command(self, tree: JobTree, name: str, env: Mapping[str, str] | None = None,
                 gpu: int | str | None = None) -> list[str]:
-        cmd = [self.docker, "run", "--rm", "--name", docker_name(name), "--hostname",
+        cmd = [self.docker, "run", "--rm", "--name", self.container_name(name), "--hostname",
                self.hosts()[0], "--shm-size", self.shm_size]
         for sub in MOUNTED:
             cmd += ["-v", f"{tree.root / sub}:{CONTAINER_ROOT}/{sub}"]
@@ -286,10 +286,15 @@ class ContainerRunner:
             cmd += ["--gpus", "all" if gpu == "all" else f"device={gpu}"]
         return [*cmd, self.image, "train"]
 
+    @staticmethod
+    def container_name(name: str) -> str:
+        # This process's id too: a container left by a killed run never blocks the next one.
+        return docker_name(f"{name}-{os.getpid()}")
+
     def launch(self, tree: JobTree, name: str, env: Mapping[str, str] | None = None,
                gpu: int | str | None = None) -> Job:
         log = open(tree.log_path, "ab")
-        container = docker_name(name)
+        container = self.container_name(name)
         proc = subprocess.Popen(self.command(tree, name, env, gpu), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
