@@ -257,3 +257,17 @@ def test_every_trial_failing_exits_1_with_the_reasons(aws_env, tiny, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("smctl: error: every trial failed: unknown architecture 'nosuchnet'")
     assert [t["state"] for t in rows(aws_env / "bad")] == ["Failed"]
+
+
+@pytest.mark.slow
+def test_max_runtime_stops_the_running_trials(aws_env, tiny, capsys):
+    """AMT's study time limit: the running trials' process groups are stopped and recorded
+    Stopped; with none completed the study exits 1."""
+    (aws_env / "smctl.toml").write_text(RANGES)
+    assert main(["tune", "--local", "--data", str(tiny), "--output", "rt", "--max-runtime", "2",
+                 "--max-jobs", "4", "--hp", "epochs=50", *FAST]) == 1
+    out = capsys.readouterr().out
+    assert "stopping: --max-runtime 2s reached" in out and "no best training job yet" in out
+    trials = rows(aws_env / "rt")
+    assert [t["state"] for t in trials] == ["Stopped", "Stopped"]  # 2 ran, none started after
+    assert not processes_under(aws_env / "rt")
