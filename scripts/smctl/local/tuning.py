@@ -327,10 +327,10 @@ class Tuner:
     def __init__(self, cfg: LocalStudy, study, runner):
         self.cfg, self.study, self.runner = cfg, study, runner
         self.dists = distributions(cfg.space)
-        self.machine_hps, self.env = machine_split(cfg.parallel, cfg.static, cfg.space)
         gpus = visible_gpus()  # on a GPU host one GPU per trial
         self.free_gpus = list(gpus)
         self.slots = cfg.parallel if not gpus else min(cfg.parallel, len(gpus))
+        self.machine_hps, self.env = machine_split(self.slots, cfg.static, cfg.space)
         self.session_seconds = 0.0
         self.session_trials = 0
         self.stopping: str | None = None
@@ -347,7 +347,7 @@ class Tuner:
             return None
         return trial
 
-    def start(self, trial) -> Running | None:
+    def start(self, trial) -> Running:
         name = f"{self.cfg.name}-{trial.number + 1:03d}"
         tuned = {k: hp_string(v) for k, v in trial.params.items()}
         hps = {**self.cfg.static, **self.machine_hps, **tuned}
