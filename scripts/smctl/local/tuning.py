@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,6 @@ class LocalStudy:
     target: float | None = None
     max_not_improving: int | None = None
     max_runtime: float | None = None
-    machine: dict[str, str] = field(default_factory=dict)
 
 
 def resolve(args, settings) -> LocalStudy:
