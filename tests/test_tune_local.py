@@ -271,3 +271,20 @@ def test_max_runtime_stops_the_running_trials(aws_env, tiny, capsys):
     trials = rows(aws_env / "rt")
     assert [t["state"] for t in trials] == ["Stopped", "Stopped"]  # 2 ran, none started after
     assert not processes_under(aws_env / "rt")
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--data", "nowhere"], "data folder nowhere does not exist"),
+    (["--data", "DATA", "--hp", "lr_shedule=step"], "did you mean lr-schedule"),
+    (["--data", "DATA", "--hp", "epochs=0"], "epochs must be >= 1"),
+])
+def test_local_train_refuses_before_starting_a_job(tmp_path, tiny, extra, words):
+    """`python -m smctl.local train` (make local-train): one line, exit 2, no tree written."""
+    argv = [str(tiny) if a == "DATA" else a for a in extra]
+    p = subprocess.run([sys.executable, "-m", "smctl.local", "train", "--runner", "host",
+                        "--job-dir", "job", *argv], cwd=tmp_path, env=smctl_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("smctl.local: error: ") and words in err[0], err
+    assert not (tmp_path / "job").exists()
