@@ -59,7 +59,10 @@ POLL_S = 0.5
 
 def add_arguments(p) -> None:
     g = p.add_argument_group(
-        "local tuning (--local: Optuna on this machine; --data/--max-runtime change meaning)")
+        "local tuning (--local)",
+        "Optuna on this machine, each trial a local training job. With --local, --data DIR is a "
+        "local folder in the dogImages layout and --max-runtime SECONDS the whole study's time "
+        "limit (AMT's); the other flags mean what they mean for SageMaker.")
     g.add_argument("--local", action="store_true",
                    help="run the study here: each trial a local training job (no AWS)")
     g.add_argument("--output", metavar="DIR", help="the study's folder (default: local/tune/NAME)")
