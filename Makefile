@@ -101,7 +101,8 @@ HOSTS       ?= 1
 HP          ?= epochs=2 weights=none
 GPU         ?=
 COMMA       := ,
-LOCAL_ENV    = IMGCLF_IMAGE=$(IMAGE) DATA_DIR=$(SAMPLE_DIR) JOB_DIR=$(JOB_DIR) HOSTS=$(HOSTS) HP="$(HP)" GPU=$(GPU) DOCKER=$(DOCKER)
+RUNNER      ?= container
+LOCAL_ENV    = IMGCLF_IMAGE=$(IMAGE) DATA_DIR=$(SAMPLE_DIR) JOB_DIR=$(JOB_DIR) HOSTS=$(HOSTS) HP="$(HP)" GPU=$(GPU) DOCKER=$(DOCKER) RUNNER=$(RUNNER)
 
 .PHONY: image-name
 image-name: ## print the local image tag (git SHA; other tools read it)
@@ -116,8 +117,17 @@ build: ## build the image from container/Dockerfile, tagged $(IMAGE) (bootstraps
 	  $(BUILD_ARGS) .
 
 .PHONY: local-train
-local-train: ## train in the image via docker-compose on SAMPLE_DIR (HOSTS=2: two-host DDP; HP="epochs=3 arch=..."; GPU=1)
-	$(LOCAL_ENV) bash scripts/local.sh train
+local-train: $(STAMP) ## train in the image on SAMPLE_DIR with the local job runner (RUNNER=host: no Docker; HOSTS=2: two-host DDP on compose; HP="epochs=3 arch=..."; GPU=1)
+	$(LOCAL_ENV) PYTHON=$(PY) bash scripts/local.sh train
+
+TUNE_DIR    ?= local/tune/sample
+TUNE_ARGS   ?=
+
+.PHONY: tune-local
+tune-local: $(STAMP) sample-data ## a small local tuning study (smctl tune --local) on SAMPLE_DIR: the seed's lr + batch-size ranges, 4 trials, 2 at a time (TUNE_ARGS="--runner container --max-jobs 8"; again = resume)
+	PYTHONPATH=code:scripts $(PY) -m smctl tune --local --data $(SAMPLE_DIR) --output $(TUNE_DIR) \
+	  --max-jobs 4 --max-parallel-jobs 2 --seed 1 \
+	  --hp epochs=2 --hp weights=none --hp image-size=32 --hp optimizer=adamw $(TUNE_ARGS)
 
 .PHONY: local-serve
 local-serve: ## serve the model from local-train on 127.0.0.1:8080 (docker-compose, detached)

@@ -28,7 +28,7 @@ step "sample data in $SAMPLE_DIR"
 [ -d "$SAMPLE_DIR/test" ] || "$PY" scripts/make_sample_data.py --out "$SAMPLE_DIR"
 
 trap 'step "tear down"; bash scripts/local.sh down >/dev/null 2>&1 || true' EXIT
-step "train in the container (docker-compose service train; $HP)"
+step "train in the container (the local job runner: docker run IMAGE train; $HP)"
 bash scripts/local.sh train 2>&1 | grep -E "^epoch [0-9]|^average test|Reporting training|ERROR" || true
 [ -f "$DEMO_DIR/algo-1/output/success" ] || { echo "training failed: $(cat "$DEMO_DIR/algo-1/output/failure" 2>/dev/null)"; exit 1; }
 

@@ -2,7 +2,9 @@
 # Local mode with docker-compose.yml, like SageMaker local mode (the Makefile's local-* targets
 # and scripts/demo.sh call this):
 #
-#   scripts/local.sh train       # prepare JOB_DIR/algo-N trees, run `train` (HOSTS=2: algo-1+algo-2)
+#   scripts/local.sh train       # one host: the local job runner (python -m smctl.local train:
+#                                # docker run IMAGE train, RUNNER=host: on the host);
+#                                # HOSTS=2: JOB_DIR/algo-N trees + compose (algo-1+algo-2)
 #   scripts/local.sh serve       # start `serve` on 127.0.0.1:SERVE_PORT with MODEL_DIR, wait for /ping
 #   scripts/local.sh down        # stop and remove the containers and the network
 #
@@ -39,12 +41,18 @@ train() {
     for ch in train valid test; do
         [ -d "$DATA_DIR/$ch" ] || { echo "local.sh: $DATA_DIR/$ch is missing (make sample-data?)" >&2; exit 1; }
     done
-    local hp=()
-    for kv in $HP; do hp+=(-H "$kv"); done
-    "$PYTHON" scripts/local_mode.py prepare --job-dir "$JOB_DIR" --hosts "$HOSTS" "${hp[@]}" >/dev/null
+    local hp=() hpflags=()
+    for kv in $HP; do hp+=(-H "$kv"); hpflags+=(--hp "$kv"); done
     if [ "$HOSTS" = 1 ]; then
-        compose run --rm train
+        # The local job runner: docker run IMAGE train with JOB_DIR/algo-1 mounted (and on the
+        # host with RUNNER=host); hyperparameters checked against train.py's parser first.
+        PYTHONPATH="$PWD/code:$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m smctl.local train \
+            --data "$DATA_DIR" --job-dir "$JOB_DIR" --runner "${RUNNER:-container}" \
+            --image "$IMGCLF_IMAGE" ${GPU:+--gpus} "${hpflags[@]}"
+        return
     elif [ "$HOSTS" = 2 ]; then
+        # Two hosts stay on docker-compose: its network resolves algo-1/algo-2 for the rendezvous.
+        "$PYTHON" scripts/local_mode.py prepare --job-dir "$JOB_DIR" --hosts "$HOSTS" "${hp[@]}" >/dev/null
         # Not --abort-on-container-exit: algo-2 may finish before algo-1 has saved the model.
         compose up --no-color algo-1 algo-2
         local rc=0 code
@@ -59,7 +67,6 @@ train() {
         echo "local.sh: HOSTS must be 1 or 2 (docker-compose.yml defines algo-1 and algo-2)" >&2
         exit 2
     fi
-    echo "local.sh: model in $MODEL_DIR, metrics in $JOB_DIR/algo-1/output/data"
 }
 
 serve() {

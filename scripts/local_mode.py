@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Local mode helpers for docker-compose.yml: the /opt/ml trees and waiting for the server.
 
-Standard library only, so it runs with any python3 (no venv needed). The Makefile calls it:
+Standard library only, so it runs with any python3 (no venv needed). The trees and the wait
+are the local job runner's (``scripts/smctl/local/runner.py``). The Makefile calls it:
 
     python3 scripts/local_mode.py prepare --job-dir local/train --hosts 2 -H epochs=2 -H arch=resnet18
     python3 scripts/local_mode.py wait --url http://127.0.0.1:8080
@@ -31,6 +32,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # smctl (standard library parts only)
+from smctl.local.runner import JobTree, wait_for_ping  # noqa: E402
+
 DEFAULT_URL = os.environ.get("SERVE_URL", "http://127.0.0.1:8080")
 DEFAULT_CHANNELS = ("train", "valid", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -52,29 +56,14 @@ def parse_hp(items: list[str]) -> dict[str, str]:
 
 def prepare(job_dir: Path, hosts: int, channels: list[str], hps: dict[str, str],
             instance_type: str = "local") -> list[Path]:
-    """(Re)create JOB_DIR/algo-N trees; earlier outputs of that job are removed."""
+    """(Re)create JOB_DIR/algo-N trees (the local job runner's, for the compose hosts);
+    earlier outputs of that job are removed."""
     names = host_names(hosts)
     if job_dir.exists():
         shutil.rmtree(job_dir)
-    dirs = []
-    for name in names:
-        root = job_dir / name
-        config = root / "input" / "config"
-        config.mkdir(parents=True)
-        for ch in channels:
-            (root / "input" / "data" / ch).mkdir(parents=True)
-        for sub in ("model", "output/data", "checkpoints"):
-            (root / sub).mkdir(parents=True)
-        (config / "hyperparameters.json").write_text(
-            json.dumps({k: str(v) for k, v in hps.items()}, indent=2) + "\n")
-        (config / "inputdataconfig.json").write_text(json.dumps(
-            {ch: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated",
-                  "RecordWrapperType": "None"} for ch in channels}, indent=2) + "\n")
-        (config / "resourceconfig.json").write_text(json.dumps(
-            {"current_host": name, "hosts": names, "current_instance_type": instance_type,
-             "network_interface_name": "eth0"}, indent=2) + "\n")
-        dirs.append(root)
-    return dirs
+    return [JobTree.prepare(job_dir / name, hps, {ch: Path(ch) for ch in channels}, hosts=names,
+                            current_host=name, instance_type=instance_type).root
+            for name in names]
 
 
 def request(url: str, data: bytes | None = None, content_type: str | None = None,
@@ -92,18 +81,10 @@ def request(url: str, data: bytes | None = None, content_type: str | None = None
 
 def wait(url: str, timeout: float) -> None:
     """Wait until /ping answers 200."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            status, _ = request(url + "/ping", timeout=5)
-            if status == 200:
-                return
-            last = f"HTTP {status}"
-        except (OSError, urllib.error.URLError) as e:
-            last = str(e)
-        time.sleep(1)
-    raise SystemExit(f"{url}/ping not ready after {timeout:.0f}s ({last})")
+    try:
+        wait_for_ping(url, timeout, interval=1.0)
+    except (TimeoutError, RuntimeError) as e:
+        raise SystemExit(str(e)) from None
 
 
 def held_out_images(folder: Path, limit: int) -> list[Path]:

@@ -60,18 +60,21 @@ def test_tune_seed_ranges_bayesian_spot(stubs, capsys):
                                "VolumeSizeInGB": 50},
             "StoppingCondition": {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 14400},
             "EnableManagedSpotTraining": True,
-            "StaticHyperParameters": {"epochs": "5", "amp": "true"},
+            "StaticHyperParameters": {"epochs": "5", "amp": "bf16"},
         },
     }
     stubs["sagemaker"].add_response("create_hyper_parameter_tuning_job",
                                     {"HyperParameterTuningJobArn": ARN}, expected)
     rc = main(["tune", *base_args(), "--image-uri", IMAGE, "--name", "dogs-tune-1", "--spot",
                "--max-runtime", "7200", "--max-wait", "14400", "--max-jobs", "6",
-               "--max-parallel-jobs", "3", "--hp", "epochs=5", "--hp", "amp=true",
-               "--hp", "batch-size=64"],  # a tuned name given as static is dropped
+               "--max-parallel-jobs", "3", "--hp", "epochs=5", "--hp", "amp=bf16",
+               "--hp", "batch_size=64"],  # the tuned batch-size given as static is dropped
+
               client_factory=stubs)
     assert rc == 0
-    assert "started tuning job dogs-tune-1" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    assert "started tuning job dogs-tune-1" in cap.out
+    assert "static batch-size=64 dropped: batch-size is tuned" in cap.err
 
 
 def test_tune_ranges_and_strategy_from_config(stubs, aws_env):
@@ -126,6 +129,22 @@ optimizer = {{ type = "categorical", values = ["sgd", "adamw"] }}
         lambda params, **kw: captured.update(params))
     assert main(["tune"], client_factory=stubs) == 0
     assert check(captured)
+
+
+def test_tune_completion_criteria_and_seed_and_local_only_flags(aws_env, capsys):
+    assert main(["tune", *base_args(), "--image-uri", IMAGE, "--dry-run", "--seed", "7",
+                 "--target-objective", "0.5", "--max-jobs-not-improving", "3"],
+                client_factory=_no_clients) == 0
+    cfg = json.loads(capsys.readouterr().out)[0]["request"]["HyperParameterTuningJobConfig"]
+    assert cfg["RandomSeed"] == 7
+    assert cfg["TuningJobCompletionCriteria"] == {
+        "TargetObjectiveMetricValue": 0.5,
+        "BestObjectiveNotImproving": {"MaxNumberOfTrainingJobsNotImproving": 3}}
+    assert main(["tune", *base_args(), "--image-uri", IMAGE, "--dry-run", "--runner", "host"],
+                client_factory=_no_clients) == 2
+    assert "--runner only apply to a local study - add --local" in capsys.readouterr().err
+    assert main(["tune", "--local", "--spot", "--data", "x"], client_factory=_no_clients) == 2
+    assert "--spot only apply to a SageMaker tuning job" in capsys.readouterr().err
 
 
 def test_grid_needs_categorical_ranges(aws_env, capsys):
@@ -234,7 +253,7 @@ def test_train_with_debugger_rules_and_profiler(stubs):
                "--data", f"s3://{BUCKET}/imgclf/data/mine/",
                "--pretrained", f"s3://{BUCKET}/weights/resnet18.pth",
                "--hp", "epochs=8", "--hp", "lr=0.003",
-               "--hp", "weights=/opt/ml/input/data/pretrained/resnet18.pth"],
+               "--hp", "weights=/opt/ml/input/data/pretrained/resnet18.pth", "--debugger"],
               client_factory=stubs)
     assert rc == 0
 
@@ -254,7 +273,6 @@ def test_train_spot_checkpoints_without_debugger(stubs, capsys):
         "EnableManagedSpotTraining": True,
         "CheckpointConfig": {"S3Uri": f"s3://{BUCKET}/imgclf/checkpoints/dogs-spot",
                              "LocalPath": "/opt/ml/checkpoints"},
-        "ProfilerConfig": {"DisableProfiler": True},
     }
     stubs["sagemaker"].add_response("create_training_job", {"TrainingJobArn": ARN}, expected)
     rc = main(["train", *base_args(), "--image-uri", IMAGE, "--name", "dogs-spot",
@@ -297,8 +315,7 @@ def test_train_from_best_of_tuning(stubs, aws_env):
         "StoppingCondition": ANY,
         # config < tuning's static + tuned < --hp
         "HyperParameters": {"epochs": "5", "patience": "3", "lr": "0.0042", "batch-size": "256",
-                            "seed": "7"},
-        "ProfilerConfig": {"DisableProfiler": True}})
+                            "seed": "7"}})
     rc = main(["train", *base_args(), "--image-uri", IMAGE, "--name", "final",
                "--from-tuning", "t3", "--hp", "seed=7", "--no-debugger"], client_factory=stubs)
     assert rc == 0
@@ -378,7 +395,7 @@ def test_train_wait_streams_logs_and_shows_rule_results(stubs, capsys):
                       {"logGroupName": "/aws/sagemaker/TrainingJobs", "logStreamName": stream,
                        "startFromHead": True, "nextToken": "f/3"})
 
-    rc = main(["train", *base_args(), "--image-uri", IMAGE, "--name", "dogs-2", "--wait",
+    rc = main(["train", *base_args(), "--image-uri", IMAGE, "--name", "dogs-2", "--wait", "--debugger",
                "--poll-seconds", "0"], client_factory=stubs)
     assert rc == 0
     cap = capsys.readouterr()
@@ -689,14 +706,91 @@ def test_rule_images_follow_the_region(aws_env, capsys):
     for region, account, domain in (("eu-west-1", "929884845733", "amazonaws.com"),
                                     ("cn-north-1", "618459771430", "amazonaws.com.cn")):
         assert main(["train", "--image-uri", IMAGE, "--region", region, "--role-arn", ROLE,
-                     "--bucket", BUCKET, "--dry-run"]) == 0
+                     "--bucket", BUCKET, "--dry-run", "--debugger"]) == 0
         req = json.loads(capsys.readouterr().out)[0]["request"]
         images = {r["RuleEvaluatorImage"] for r in req["DebugRuleConfigurations"]
                   + req["ProfilerRuleConfigurations"]}
         assert images == {f"{account}.dkr.ecr.{region}.{domain}/sagemaker-debugger-rules:latest"}
     rc = main(["train", "--image-uri", IMAGE, "--region", "xx-nowhere-1", "--role-arn", ROLE,
-               "--bucket", BUCKET, "--dry-run"])
+               "--bucket", BUCKET, "--dry-run", "--debugger"])
     assert rc == 2 and "--rule-image" in capsys.readouterr().err
+
+
+# -- the hyperparameter schema (train.py's parser): refused before anything is sent ------------------
+@pytest.mark.parametrize("cmd", ["train", "tune"])
+@pytest.mark.parametrize("hp, words", [
+    ("epoch=3", "unknown hyperparameter 'epoch' - did you mean epochs"),
+    ("batch_szie=64", "unknown hyperparameter 'batch_szie' - did you mean batch-size"),
+    ("lr=0", "bad hyperparameter: lr must be > 0, got 0.0"),
+    ("optimizer=adam", "bad hyperparameter: argument --optimizer: invalid choice: 'adam'"),
+    ("epochs=two", "bad hyperparameter: argument --epochs: invalid int value: 'two'"),
+    ("image_size=8", "image-size must be in 16..1024, got 8"),
+    ("freeze-backbone=maybe", "expected a boolean"),
+])
+def test_schema_refuses_bad_hyperparameters_before_sending(aws_env, capsys, cmd, hp, words):
+    rc = main([cmd, *base_args(), "--image-uri", IMAGE, "--hp", hp], client_factory=_no_clients)
+    assert rc == 2
+    cap = capsys.readouterr()
+    err = cap.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("smctl: error: ") and words in err[0], err
+    assert cap.out == ""
+
+
+@pytest.mark.parametrize("ranges, words", [
+    ('lr = { type = "continuous", min = 0, max = 0.1 }', "lr must be > 0, got 0.0"),
+    ('weight_decai = { type = "continuous", min = 0.0, max = 0.1 }',
+     "unknown tuned hyperparameter 'weight_decai' - did you mean weight-decay"),
+    ('batch-size = { type = "continuous", min = 16, max = 64 }',
+     "tune range batch-size: batch-size is an integer"),
+    ('optimizer = { type = "categorical", values = ["sgd", "lion"] }', "invalid choice: 'lion'"),
+    ('label_smoothing = { type = "continuous", min = 0.0, max = 1.0 }',
+     "label-smoothing must be in [0, 1), got 1.0"),
+    ('lr = { type = "continuous", min = 0.01, max = 0.001 }', "min 0.01 is not below max 0.001"),
+    ('batch_size = { type = "categorical", values = [32] }\n'
+     'batch-size = { type = "categorical", values = [64] }', "tune range batch-size is given twice"),
+    ('arch = { type = "integer", min = 1, max = 3 }', "tune range arch: arch is not a number"),
+])
+def test_schema_refuses_bad_ranges_before_sending(aws_env, capsys, ranges, words):
+    (aws_env / "smctl.toml").write_text("[tune.ranges]\n" + ranges + "\n")
+    rc = main(["tune", *base_args(), "--image-uri", IMAGE], client_factory=_no_clients)
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+def test_schema_canonicalises_names_in_train_and_tune(stubs, aws_env):
+    """``batch_size`` and ``batch-size`` are one name: config and flags merge by it, a tuned
+    name is never also sent static, and ranges are sent in the parser's spelling."""
+    (aws_env / "smctl.toml").write_text(
+        '[hyperparameters]\nbatch_size = 32\nweight_decay = 0.001\n'
+        '[tune.ranges]\nweight_decay = { type = "continuous", min = 0.00001, max = 0.001, '
+        'scaling = "Logarithmic" }\n')
+    sm = stubs["sagemaker"]
+    sm.add_response("create_training_job", {"TrainingJobArn": ARN}, {
+        "TrainingJobName": "canon", "AlgorithmSpecification": ANY, "RoleArn": ROLE,
+        "InputDataConfig": ANY, "OutputDataConfig": ANY, "ResourceConfig": ANY,
+        "StoppingCondition": ANY,
+        "HyperParameters": {"batch-size": "64", "weight-decay": "0.001", "lr-schedule": "step"}})
+    assert main(["train", *base_args(), "--image-uri", IMAGE, "--name", "canon",
+                 "--hp", "batch-size=64", "--hp=--lr_schedule=step"],
+                client_factory=stubs) == 0
+    sm.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": ARN}, {
+        "HyperParameterTuningJobName": "canon-t",
+        "HyperParameterTuningJobConfig": {
+            "Strategy": "Bayesian",
+            "HyperParameterTuningJobObjective": {"Type": "Minimize",
+                                                 "MetricName": "average test loss"},
+            "ResourceLimits": {"MaxParallelTrainingJobs": 2, "MaxNumberOfTrainingJobs": 4},
+            "ParameterRanges": {"ContinuousParameterRanges": [
+                {"Name": "weight-decay", "MinValue": "1e-05", "MaxValue": "0.001",
+                 "ScalingType": "Logarithmic"}]},
+            "TrainingJobEarlyStoppingType": "Auto"},
+        "TrainingJobDefinition": {"AlgorithmSpecification": ALGO, "RoleArn": ROLE,
+                                  "InputDataConfig": ANY, "OutputDataConfig": ANY,
+                                  "ResourceConfig": ANY, "StoppingCondition": ANY,
+                                  "StaticHyperParameters": {"batch-size": "32"}}})
+    assert main(["tune", *base_args(), "--image-uri", IMAGE, "--name", "canon-t",
+                 "--hp", "weight-decay=0.0001"], client_factory=stubs) == 0
 
 
 # -- errors: one line, what to do, non-zero ----------------------------------------------------------
@@ -785,7 +879,7 @@ def test_dry_run_data_upload_and_fetch(aws_env, capsys):
 
 def test_rule_subset_and_unknown_rule(aws_env, capsys):
     assert main(["train", *base_args(), "--image-uri", IMAGE, "--rules", "overfit,vanishing_gradient",
-                 "--no-profiler", "--dry-run"]) == 0
+                 "--no-profiler", "--dry-run", "--debugger"]) == 0
     req = json.loads(capsys.readouterr().out)[0]["request"]
     assert [r["RuleConfigurationName"] for r in req["DebugRuleConfigurations"]] == \
         ["Overfit", "VanishingGradient"]
@@ -793,7 +887,8 @@ def test_rule_subset_and_unknown_rule(aws_env, capsys):
         ["gradients", "losses"]
     assert req["ProfilerConfig"] == {"DisableProfiler": True}
     assert "ProfilerRuleConfigurations" not in req
-    assert main(["train", *base_args(), "--image-uri", IMAGE, "--rules", "overfitt", "--dry-run"]) == 2
+    assert main(["train", *base_args(), "--image-uri", IMAGE, "--rules", "overfitt", "--dry-run",
+                 "--debugger"]) == 2
     assert "unknown Debugger rule(s): overfitt" in capsys.readouterr().err
 
 
@@ -836,20 +931,36 @@ def test_example_config_loads_and_drives_a_tuning_request(aws_env, capsys):
     assert req["TrainingJobDefinition"]["StaticHyperParameters"]["amp"] == "auto"
 
 
-def test_debugger_off_from_env_and_the_debugger_error_hint(stubs, monkeypatch, capsys):
-    monkeypatch.setenv("SMCTL_DEBUGGER", "false")
-    assert main(["train", *base_args(), "--image-uri", IMAGE, "--dry-run"],
-                client_factory=_no_clients) == 0
-    req = json.loads(capsys.readouterr().out)[0]["request"]
-    assert not {"DebugHookConfig", "DebugRuleConfigurations",
-                "ProfilerRuleConfigurations"} & set(req)
-    assert req["ProfilerConfig"] == {"DisableProfiler": True}
+DEBUGGER_FIELDS = {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig",
+                   "ProfilerRuleConfigurations"}
+
+
+def test_debugger_is_opt_in_and_the_debugger_error_hint(stubs, monkeypatch, capsys):
+    """A new account's first job asks for nothing of SageMaker Debugger; --debugger (or
+    debugger = true / SMCTL_DEBUGGER=true) sends it; --no-debugger still parses and wins."""
+    def request(*extra):
+        assert main(["train", *base_args(), "--image-uri", IMAGE, "--dry-run", *extra],
+                    client_factory=_no_clients) == 0
+        return json.loads(capsys.readouterr().out)[0]["request"]
+    assert not DEBUGGER_FIELDS & set(request())
+    assert not DEBUGGER_FIELDS & set(request("--no-debugger"))
+    assert DEBUGGER_FIELDS <= set(request("--debugger"))
+    monkeypatch.setenv("SMCTL_DEBUGGER", "true")
+    assert DEBUGGER_FIELDS <= set(request())
+    assert not DEBUGGER_FIELDS & set(request("--no-debugger"))
     monkeypatch.delenv("SMCTL_DEBUGGER")
+    # Debugger-only flags without --debugger: refused, not silently dropped
+    assert main(["train", *base_args(), "--image-uri", IMAGE, "--dry-run", "--rules", "overfit"],
+                client_factory=_no_clients) == 2
+    assert "add --debugger" in capsys.readouterr().err
+    # an account that opted in without access: the hint says how to turn it off
     stubs["sagemaker"].add_client_error(
         "create_training_job", "ValidationException",
         "SageMaker Debugger is not available for this account.", 400)
-    assert main(["train", *base_args(), "--image-uri", IMAGE], client_factory=stubs) == 2
-    assert "rerun with --no-debugger" in capsys.readouterr().err
+    assert main(["train", *base_args(), "--image-uri", IMAGE, "--debugger"],
+                client_factory=stubs) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "drop --debugger" in err[0] and "SMCTL_DEBUGGER=false" in err[0]
 
 
 def test_stop_training_and_tuning_jobs(stubs, capsys):

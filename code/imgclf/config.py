@@ -16,7 +16,9 @@ import json
 import logging
 import os
 
+from imgclf import diagnostics
 from imgclf.failure import TrainingError
+from imgclf.options import option, str2bool, tristate
 
 log = logging.getLogger(__name__)
 
@@ -24,32 +26,6 @@ SEED_SEARCH_SPACE = {
     "lr": {"type": "continuous", "min": 0.001, "max": 0.01, "scaling": "Logarithmic"},
     "batch-size": {"type": "categorical", "values": [128, 256, 512]},
 }
-
-
-def str2bool(v) -> bool:
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "y", "on"):
-        return True
-    if s in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
-
-
-def tristate(v) -> str:
-    """``auto`` or a boolean, returned as 'auto'/'true'/'false'."""
-    if str(v).strip().lower() == "auto":
-        return "auto"
-    return "true" if str2bool(v) else "false"
-
-
-def option(group, name: str, **kwargs) -> None:
-    """Add ``--name`` plus its underscore spelling (``--batch-size`` and ``--batch_size``)."""
-    flags = [f"--{name}"]
-    if "-" in name:
-        flags.append(f"--{name.replace('-', '_')}")
-    group.add_argument(*flags, dest=name.replace("-", "_"), **kwargs)
 
 
 def _env(*names: str, default=None):
@@ -139,7 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     option(g, "progress", type=tristate, default="auto",
            help="progress bar (auto = when attached to a terminal)")
 
-    from imgclf import diagnostics
     diagnostics.add_arguments(p)
     return p
 

@@ -22,6 +22,7 @@ Example (``smctl config --example`` prints a fuller one)::
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass, field, fields
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.config import SEED_SEARCH_SPACE
+from imgclf.options import str2bool
 from smctl.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "smctl.toml"
@@ -57,7 +59,7 @@ class Settings:
     max_runtime_s: int = 24 * 3600
     max_wait_s: int = 48 * 3600          # spot: runtime + time spent waiting for capacity
     rule_instance_type: str | None = None  # None: SageMaker picks (built-in rules)
-    debugger: bool = True                # False: no Debugger hook/rules/profiler (train --no-debugger)
+    debugger: bool = False               # True: SageMaker Debugger rules/hook/profiler (train --debugger)
     # Hosting.
     endpoint_name: str | None = None
     serve_instance_type: str = "ml.g4dn.xlarge"
@@ -107,14 +109,10 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None:
         return None
     if kind.startswith("bool"):
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
+        try:
+            return str2bool(value)
+        except argparse.ArgumentTypeError:
+            raise ConfigError(f"{name} must be true or false, got {value!r}") from None
     if kind.startswith("int"):
         try:
             return int(value)
@@ -202,7 +200,7 @@ repository = "imgclf-sagemaker"        # ECR repository for build-push
 train_instance_type = "ml.g4dn.xlarge"
 serve_instance_type = "ml.g4dn.xlarge"
 endpoint_name = "imgclf-dogs"
-# debugger = false                     # accounts without SageMaker Debugger (closed to new customers)
+# debugger = true                      # SageMaker Debugger rules + ProfilerReport (accounts with access)
 # inference_ami_version = "al2-ami-sagemaker-inference-gpu-3-1"  # GPU hosts only (CUDA 12.8 image)
 
 [hyperparameters]                      # static hyperparameters for tune and train

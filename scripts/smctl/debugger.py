@@ -7,8 +7,9 @@ for Built-in Rule Evaluators" (the SageMaker Python SDK ships the same one in
 ``image_uri_config/debugger.json``). A region missing from it can be given with
 ``--rule-image URI`` / ``SMCTL_RULE_IMAGE``.
 
-Debugger is closed to new AWS customers since 2026-07-30: ``train --no-debugger`` leaves all of
-this out of the request (the training code's own diagnostics still run).
+Opt-in: only ``train --debugger`` (or ``debugger = true``) puts any of this in the request;
+by default the training code's own rules and profiler report run in the container instead
+(SageMaker Debugger is closed to new customers; README "SageMaker Debugger").
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def rule_evaluator_image(region: str, override: str | None = None) -> str:
     if account is None:
         raise ConfigError(f"no Debugger rule evaluator image known for region {region}",
                           "pass --rule-image URI (see AWS docs 'Docker images for Debugger rules') "
-                          "or use --no-debugger")
+                          "or drop --debugger")
     domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
     return f"{account}.dkr.ecr.{region}.{domain}/{RULES_REPOSITORY}:{RULES_TAG}"
 

@@ -102,8 +102,9 @@ def _explain_client_error(exc) -> SmctlError:
     low = msg.lower()
     if "debugger" in low and op in ("CreateTrainingJob", "CreateHyperParameterTuningJob"):
         return SmctlError(what, "this account cannot use SageMaker Debugger (closed to new "
-                                "customers since 2026-07-30): rerun with --no-debugger or set "
-                                "debugger = false / SMCTL_DEBUGGER=false", EXIT_USAGE)
+                                "customers): turn it off - drop --debugger, or set debugger = "
+                                "false / SMCTL_DEBUGGER=false, or pass --no-debugger (the job's "
+                                "own rules and profiler report still run)", EXIT_USAGE)
     if code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation",
                 "UnrecognizedClientException", "InvalidClientTokenId", "SignatureDoesNotMatch",
                 "ExpiredToken", "ExpiredTokenException", "403"):

@@ -17,12 +17,11 @@ from typing import Any
 
 from imgclf.metrics import METRIC_DEFINITIONS
 
-from smctl import debugger
+from smctl import debugger, schema
 from smctl.aws import Api
 from smctl.config import Settings, load_state, save_state
 from smctl.errors import ConfigError, SmctlError
-from smctl.util import (Poller, check_name, fmt_time, hp_string, parse_pairs, print_table,
-                        unique_name)
+from smctl.util import Poller, check_name, fmt_time, parse_pairs, print_table, unique_name
 
 SPLITS = ("train", "valid", "test")
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
@@ -81,10 +80,12 @@ def channels(data_uri: str, single: bool, pretrained: str | None) -> list[dict[s
     return out
 
 
-def static_hyperparameters(settings: Settings, hp_flags: list[str] | None) -> dict[str, str]:
-    """Config ``[hyperparameters]`` overridden by ``--hp`` flags, as API strings."""
-    merged: dict[str, Any] = {**settings.hyperparameters, **parse_pairs(hp_flags, "--hp")}
-    return {k: hp_string(v) for k, v in merged.items()}
+def static_hyperparameters(settings: Settings, hp_flags: list[str] | None,
+                           *between: dict[str, str]) -> dict[str, str]:
+    """Config ``[hyperparameters]`` < ``between`` (e.g. a tuning job's best) < ``--hp`` flags:
+    canonical names, checked by train.py's parser (:mod:`smctl.schema`), as API strings."""
+    return schema.static_hyperparameters(settings.hyperparameters, *between,
+                                         parse_pairs(hp_flags, "--hp"))
 
 
 def job_definition(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -113,13 +114,25 @@ def job_definition(settings: Settings, args: argparse.Namespace) -> dict[str, An
     return spec
 
 
-def is_internal_hp(key: str) -> bool:
-    return key.startswith("_") or key.startswith("sagemaker_")
-
-
 def _unquote(value: str) -> str:
     # Jobs started by the Python SDK store JSON-quoted values ('"128"').
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+
+
+def best_of_tuning(api: Api, ref: str) -> tuple[dict[str, str], str | None, str]:
+    """The best hyperparameters of a SageMaker tuning job (NAME, or 'last' = the last one smctl
+    started) or of a local study (an ``smctl tune --local`` OUTPUT folder holding best.json),
+    the best job's name (None on a dry run) and what they came from."""
+    from pathlib import Path
+    if Path(ref, "best.json").is_file() or "/" in ref or ref.startswith("."):
+        from smctl.local.tuning import best_hyperparameters_for_training
+        hps, trial = best_hyperparameters_for_training(Path(ref))
+        return hps, trial, f"the local study {ref}"
+    tuning = load_state().get("tuning_job") if ref == "last" else ref
+    if not tuning:
+        raise ConfigError("no tuning job remembered", "pass --from-tuning NAME")
+    hps, job = best_hyperparameters(api, tuning)
+    return hps, (None if api.dry_run else job), tuning
 
 
 def best_hyperparameters(api: Api, tuning_job: str) -> tuple[dict[str, str], str]:
@@ -141,7 +154,7 @@ def best_from_description(desc: dict[str, Any]) -> tuple[dict[str, str], str]:
     answer (unquoted, SageMaker-internal ones left out), and that job's name."""
     best = desc["BestTrainingJob"]
     static = (desc.get("TrainingJobDefinition") or {}).get("StaticHyperParameters") or {}
-    hps = {k: _unquote(v) for k, v in static.items() if not is_internal_hp(k)}
+    hps = {k: _unquote(v) for k, v in static.items() if not schema.is_internal(k)}
     hps.update({k: _unquote(v) for k, v in best.get("TunedHyperParameters", {}).items()})
     return hps, best["TrainingJobName"]
 
@@ -149,29 +162,40 @@ def best_from_description(desc: dict[str, Any]) -> tuple[dict[str, str], str]:
 # -- train ----------------------------------------------------------------------------------
 def add_parser(sub, parents) -> None:
     p = sub.add_parser("train", parents=parents, help="start a training job (CreateTrainingJob)",
-                       description="Start a SageMaker training job with the image: Debugger "
-                                   "rules + profiler report unless --no-debugger, managed spot "
-                                   "with checkpoints with --spot.")
+                       description="Start a SageMaker training job with the image: its own "
+                                   "rules and profiler report run in the container; SageMaker "
+                                   "Debugger only with --debugger; managed spot with "
+                                   "checkpoints with --spot.")
     add_job_arguments(p)
     p.add_argument("--name", help="job name (default: BASE-YYMMDD-HHMMSS)")
     p.add_argument("--base-name", default="imgclf", help="prefix of generated names (default: imgclf)")
-    p.add_argument("--from-tuning", metavar="TUNING_JOB",
+    p.add_argument("--from-tuning", metavar="TUNING_JOB|OUTPUT",
                    help="start from the best hyperparameters of this tuning job ('last' = the "
-                        "last one smctl started); --hp still overrides")
+                        "last one smctl started) or of a local study's OUTPUT folder "
+                        "(smctl tune --local); --hp still overrides")
     p.add_argument("--checkpoint-s3", metavar="S3_URI",
                    help="CheckpointConfig S3 URI (default with --spot: "
                         "s3://BUCKET/PREFIX/checkpoints/JOB)")
-    d = p.add_argument_group("debugger and profiler")
+    d = p.add_argument_group(
+        "SageMaker Debugger (opt-in)",
+        "Off by default: the job's own rules (rules_report.json) and profiler report "
+        "(profiler_report.html) run in the container either way. --debugger adds AWS's "
+        "built-in rules, the tensor hook and the ProfilerReport rule (accounts with access to "
+        "SageMaker Debugger only; also: debugger = true / SMCTL_DEBUGGER=true).")
+    d.add_argument("--debugger", dest="debugger", action="store_const", const=True,
+                   help="send DebugHookConfig, DebugRuleConfigurations, ProfilerConfig and the "
+                        "ProfilerReport rule")
     d.add_argument("--no-debugger", dest="debugger", action="store_const", const=False,
-                   help="no Debugger hook, rules or profiler (accounts without SageMaker "
-                        "Debugger; also: debugger = false / SMCTL_DEBUGGER=false)")
-    d.add_argument("--rules", default="all",
-                   help="comma list of built-in rules (default: all: "
-                        + ", ".join(debugger.BUILTIN_RULES) + ")")
-    d.add_argument("--no-profiler", action="store_true", help="no ProfilerConfig/ProfilerReport")
-    d.add_argument("--rule-image", help="rule evaluator image URI (default: AWS's for the region)")
+                   help="none of them (the default; wins over debugger = true)")
+    d.add_argument("--rules", help="with --debugger: comma list of built-in rules (default: all: "
+                                   + ", ".join(debugger.BUILTIN_RULES) + ")")
+    d.add_argument("--no-profiler", action="store_true",
+                   help="with --debugger: no ProfilerConfig/ProfilerReport")
+    d.add_argument("--rule-image", help="with --debugger: rule evaluator image URI (default: "
+                                        "AWS's for the region)")
     d.add_argument("--rule-instance-type", dest="rule_instance_type",
-                   help="instance type for rule evaluation (default: SageMaker's choice)")
+                   help="with --debugger: instance type for rule evaluation (default: "
+                        "SageMaker's choice)")
     add_follow_arguments(p)
     p.set_defaults(func=run_train)
 
@@ -204,15 +228,15 @@ def add_follow_arguments(p: argparse.ArgumentParser, wait_flag: bool = True) -> 
 def build_training_request(settings: Settings, args: argparse.Namespace, api: Api) -> dict[str, Any]:
     name = check_name(args.name or unique_name(args.base_name), "training job")
     # Precedence: config [hyperparameters] < best of tuning < --hp flags.
-    hps = static_hyperparameters(settings, None)
+    best: dict[str, str] = {}
+    placeholder: dict[str, str] = {}
     if args.from_tuning:
-        tuning = load_state().get("tuning_job") if args.from_tuning == "last" else args.from_tuning
-        if not tuning:
-            raise ConfigError("no tuning job remembered", "pass --from-tuning NAME")
-        best, best_job = best_hyperparameters(api, tuning)
-        hps.update(best)
-        api.log(f"hyperparameters from {best_job} (best of {tuning})")
-    hps.update(parse_pairs(args.hp, "--hp"))
+        best, best_job, source = best_of_tuning(api, args.from_tuning)
+        if best_job is None:  # dry run: the values come from AWS at run time
+            best, placeholder = {}, best
+        else:
+            api.log(f"hyperparameters from {best_job} (best of {source})")
+    hps = {**static_hyperparameters(settings, args.hp, best), **placeholder}
 
     req: dict[str, Any] = {"TrainingJobName": name, **job_definition(settings, args)}
     if hps:
@@ -226,9 +250,16 @@ def build_training_request(settings: Settings, args: argparse.Namespace, api: Ap
             debug_s3=settings.s3_uri("debug-output"),
             profiler_s3=None if args.no_profiler else settings.s3_uri("profiler-output"),
             rule_image=args.rule_image or None, rule_instance_type=settings.rule_instance_type))
-    if not settings.debugger or args.no_profiler:
-        # Explicitly off (as the SageMaker SDK does): no Debugger system monitoring either.
-        req["ProfilerConfig"] = {"DisableProfiler": True}
+        if args.no_profiler:
+            # Explicitly off (as the SageMaker SDK does): no Debugger system monitoring either.
+            req["ProfilerConfig"] = {"DisableProfiler": True}
+    else:
+        given = [f for f, v in (("--rules", args.rules), ("--no-profiler", args.no_profiler),
+                                ("--rule-image", args.rule_image)) if v]
+        if given:
+            raise ConfigError(f"{', '.join(given)} configure SageMaker Debugger, which is off",
+                              "add --debugger (accounts with Debugger access), or drop them: "
+                              "the job's own rules and profiler report run without it")
     return req
 
 

@@ -11,19 +11,23 @@ continuous 0.001-0.01, batch size categorical 128/256/512) or come from ``[tune.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 from imgclf.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE
 
+from smctl import schema
+from smctl.local.tuning import add_arguments as local_arguments
 from smctl.aws import Api
 from smctl.config import Settings, load_state, save_state
 from smctl.errors import ConfigError
 from smctl.training import (add_job_arguments, best_from_description, job_definition,
                             static_hyperparameters)
-from smctl.util import Poller, check_name, fmt_time, print_table, unique_name
+from smctl.util import Poller, check_name, fmt_time, hp_string, print_table, unique_name
 
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
-SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
+EARLY_STOPPING = ("Auto", "Off")
 TERMINAL = ("Completed", "Failed", "Stopped")
 MAX_NAME = 32  # HyperParameterTuningJobName limit
 
@@ -47,52 +51,38 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--wait", action="store_true", help="show progress until the tuning job ends")
     p.add_argument("--poll-seconds", type=float, default=60.0,
                    help="seconds between progress polls (default: 60)")
+    local_arguments(p)
     p.set_defaults(func=run_tune)
 
     b = sub.add_parser("best", parents=parents,
                        help="a tuning job's progress and its training jobs ranked by objective")
-    b.add_argument("tuning_job", nargs="?", help="tuning job name (default: the last one started)")
+    b.add_argument("tuning_job", nargs="?", help="tuning job name (default: the last one started), "
+                                                 "or a local study's OUTPUT folder")
     b.add_argument("--top", type=int, default=10, help="rows in the table (default: 10)")
     b.set_defaults(func=run_best)
 
 
-def parameter_ranges(ranges: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """``[tune.ranges]`` entries -> the API's ParameterRanges."""
+def parameter_ranges(space: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """A checked search space (:func:`smctl.schema.search_space`) -> the API's ParameterRanges."""
     out: dict[str, list[dict[str, Any]]] = {"ContinuousParameterRanges": [],
                                              "IntegerParameterRanges": [],
                                              "CategoricalParameterRanges": []}
-    for name, spec in ranges.items():
-        kind = str(spec.get("type", "")).lower()
-        if kind == "categorical":
-            values = spec.get("values")
-            if not values:
-                raise ConfigError(f"tune range {name}: categorical needs values = [...]")
-            out["CategoricalParameterRanges"].append({"Name": name,
-                                                      "Values": [str(v) for v in values]})
-        elif kind in ("continuous", "integer"):
-            if "min" not in spec or "max" not in spec:
-                raise ConfigError(f"tune range {name}: {kind} needs min and max")
-            lo, hi = spec["min"], spec["max"]
-            if float(lo) >= float(hi):
-                raise ConfigError(f"tune range {name}: min {lo} is not below max {hi}")
-            scaling = spec.get("scaling", "Auto")
-            if scaling not in SCALINGS:
-                raise ConfigError(f"tune range {name}: scaling {scaling!r}",
-                                  f"choose from {', '.join(SCALINGS)}")
-            if kind == "integer":
-                lo, hi = int(lo), int(hi)
-            key = "ContinuousParameterRanges" if kind == "continuous" else "IntegerParameterRanges"
-            out[key].append({"Name": name, "MinValue": str(lo), "MaxValue": str(hi),
-                             "ScalingType": scaling})
+    for name, spec in space.items():
+        if spec["type"] == "categorical":
+            out["CategoricalParameterRanges"].append({"Name": name, "Values": list(spec["values"])})
         else:
-            raise ConfigError(f"tune range {name}: type {spec.get('type')!r}",
-                              "use continuous, integer or categorical")
+            key = ("ContinuousParameterRanges" if spec["type"] == "continuous"
+                   else "IntegerParameterRanges")
+            out[key].append({"Name": name, "MinValue": hp_string(spec["min"]),
+                             "MaxValue": hp_string(spec["max"]), "ScalingType": spec["scaling"]})
     return {k: v for k, v in out.items() if v}
 
 
-def build_tuning_request(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+def resolve_study(settings: Settings, args: argparse.Namespace,
+                  log=lambda msg: print(msg, file=sys.stderr)) -> dict[str, Any]:
+    """What ``tune`` and ``tune --local`` share: strategy, limits, early stopping, the checked
+    search space and the static hyperparameters (canonical names, tuned ones left out)."""
     cfg = settings.tune
-    name = check_name(args.name or unique_name(args.base_name, MAX_NAME), "tuning job", MAX_NAME)
     strategy = args.strategy or cfg.get("strategy", "Bayesian")
     if strategy not in STRATEGIES:
         raise ConfigError(f"tune strategy {strategy!r}", f"choose from {', '.join(STRATEGIES)}")
@@ -101,19 +91,29 @@ def build_tuning_request(settings: Settings, args: argparse.Namespace) -> dict[s
                    else cfg.get("max_parallel_jobs", 2))
     early = args.early_stopping or cfg.get("early_stopping",
                                            "Off" if strategy == "Hyperband" else "Auto")
+    if early not in EARLY_STOPPING:
+        raise ConfigError(f"tune early_stopping {early!r}", "use Auto or Off")
     if strategy == "Hyperband" and early != "Off":
         raise ConfigError("Hyperband has its own early stopping", "use --early-stopping Off")
-
-    ranges = settings.tune_ranges()
-    param_ranges = parameter_ranges(ranges)
-    if strategy == "Grid" and set(param_ranges) != {"CategoricalParameterRanges"}:
+    static = static_hyperparameters(settings, args.hp)
+    space = schema.search_space(settings.tune_ranges(), static)
+    if strategy == "Grid" and any(s["type"] != "categorical" for s in space.values()):
         raise ConfigError("Grid search takes categorical ranges only",
                           "make every [tune.ranges] entry categorical or pick another strategy")
+    for name in sorted(set(static) & set(space)):
+        log(f"smctl: static {name}={static[name]} dropped: {name} is tuned")
+    static = {k: v for k, v in static.items() if k not in space}
+    return {"strategy": strategy, "max_jobs": max_jobs, "parallel": parallel,
+            "early_stopping": early, "space": space, "static": static}
 
+
+def build_tuning_request(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    name = check_name(args.name or unique_name(args.base_name, MAX_NAME), "tuning job", MAX_NAME)
+    study = resolve_study(settings, args)
+    strategy, max_jobs, parallel = study["strategy"], study["max_jobs"], study["parallel"]
     definition = job_definition(settings, args)
-    static = {k: v for k, v in static_hyperparameters(settings, args.hp).items() if k not in ranges}
-    if static:
-        definition["StaticHyperParameters"] = static
+    if study["static"]:
+        definition["StaticHyperParameters"] = study["static"]
     if args.spot and args.checkpoints:
         definition["CheckpointConfig"] = {"S3Uri": settings.s3_uri("checkpoints", name),
                                           "LocalPath": "/opt/ml/checkpoints"}
@@ -125,14 +125,45 @@ def build_tuning_request(settings: Settings, args: argparse.Namespace) -> dict[s
         "Strategy": strategy,
         "HyperParameterTuningJobObjective": {"Type": OBJECTIVE_TYPE, "MetricName": OBJECTIVE_METRIC},
         "ResourceLimits": limits,
-        "ParameterRanges": param_ranges,
-        "TrainingJobEarlyStoppingType": early,
+        "ParameterRanges": parameter_ranges(study["space"]),
+        "TrainingJobEarlyStoppingType": study["early_stopping"],
     }
+    # AMT's completion criteria and seed: the same flags as --local
+    criteria: dict[str, Any] = {}
+    if args.target_objective is not None:
+        criteria["TargetObjectiveMetricValue"] = args.target_objective
+    if args.max_jobs_not_improving is not None:
+        criteria["BestObjectiveNotImproving"] = {
+            "MaxNumberOfTrainingJobsNotImproving": args.max_jobs_not_improving}
+    if criteria:
+        config["TuningJobCompletionCriteria"] = criteria
+    if args.seed is not None:
+        config["RandomSeed"] = args.seed
     return {"HyperParameterTuningJobName": name, "HyperParameterTuningJobConfig": config,
             "TrainingJobDefinition": definition}
 
 
 def run_tune(args, settings: Settings, api: Api) -> int:
+    local_only = [f for f, v in (("--output", args.output), ("--storage", args.storage),
+                                 ("--runner", args.runner), ("--image", args.image)) if v]
+    aws_only = [f for f, v in (("--spot", args.spot), ("--checkpoints", args.checkpoints),
+                               ("--pretrained", args.pretrained),
+                               ("--single-channel", args.single_channel)) if v]
+    if local_only and not args.local:
+        raise ConfigError(f"{', '.join(local_only)} only apply to a local study", "add --local")
+    if aws_only and args.local:
+        raise ConfigError(f"{', '.join(aws_only)} only apply to a SageMaker tuning job",
+                          "drop them for --local")
+    if args.local:
+        from smctl.local import tuning as local  # Optuna is imported only when trials run
+        if api.dry_run:  # every check, then the plan; no trial starts
+            plan = local.resolve(args, settings)
+            api.record("tune-local", name=plan.name, output=plan.output, storage=local.redact(plan.storage),
+                       strategy=plan.strategy, max_jobs=plan.max_jobs, parallel=plan.parallel,
+                       early_stopping=plan.early_stopping, space=plan.space, static=plan.static,
+                       runner=plan.runner_kind, image=plan.image)
+            return 0
+        return local.run_local(args, settings)
     req = build_tuning_request(settings, args)
     api.call("sagemaker", "create_hyper_parameter_tuning_job", **req)
     if api.dry_run:
@@ -180,6 +211,9 @@ def wait(api: Api, name: str, poller: Poller) -> int:
 
 
 def run_best(args, settings: Settings, api: Api) -> int:
+    if args.tuning_job and Path(args.tuning_job).is_dir():  # a local study's OUTPUT folder
+        from smctl.local.tuning import run_best_local
+        return run_best_local(Path(args.tuning_job), args.top)
     name = args.tuning_job or load_state().get("tuning_job")
     if not name:
         raise ConfigError("no tuning job given", "pass the tuning job name")
@@ -198,8 +232,36 @@ def _list_request(api: Api, name: str, order: str, top: int):
                     SortOrder=order, MaxResults=max(1, min(top, 100)))
 
 
+RANKED_COLUMNS = ["FinalObjectiveValue", "TrainingJobName", "TrainingJobStatus",
+                  "TrainingStartTime", "TrainingEndTime", "TrainingElapsedTimeSeconds"]
+
+
+def print_ranked(rows: list[dict[str, Any]], tuned: list[str], metric: str,
+                 best: tuple[str, float | None, dict[str, str]] | None, ref: str) -> bool:
+    """The seed's table, for a SageMaker tuning job and a local study alike: one row per
+    training job/trial (``tuned``, ``objective``, ``name``, ``status``, ``start``, ``end``,
+    ``elapsed``), then the best one's hyperparameters. False if there is no best yet."""
+    table = []
+    for r in rows:
+        table.append([*(r["tuned"].get(k, "") for k in tuned),
+                      f"{r['objective']:.4f}" if r.get("objective") is not None else "",
+                      r["name"], r["status"], fmt_time(r.get("start")), fmt_time(r.get("end")),
+                      f"{r['elapsed']:.0f}" if r.get("elapsed") is not None else ""])
+    print()
+    print_table(table, [*tuned, *RANKED_COLUMNS])
+    if best is None:
+        print("\nno best training job yet")
+        return False
+    name, value, hps = best
+    print(f"\nbest training job: {name}  {metric}="
+          f"{value if value is not None else float('nan'):.4f}")
+    print_table(sorted(hps.items()), ["hyperparameter", "value"])
+    print(f"\nnext: smctl train --from-tuning {ref}")
+    return True
+
+
 def print_best(api: Api, name: str, desc: dict[str, Any], top: int = 10) -> bool:
-    """The seed's table: tuned hyperparameters, objective, job, status, times. False if no best."""
+    """The ranked table of a SageMaker tuning job. False if no best job yet."""
     objective = desc["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]
     order = "Ascending" if objective["Type"] == "Minimize" else "Descending"
     summaries = _list_request(api, name, order, top)["TrainingJobSummaries"]
@@ -208,21 +270,14 @@ def print_best(api: Api, name: str, desc: dict[str, Any], top: int = 10) -> bool
     for s in summaries:
         metric = s.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
         start, end = s.get("TrainingStartTime"), s.get("TrainingEndTime")
-        elapsed = (end - start).total_seconds() if start and end else None
-        rows.append([*(s.get("TunedHyperParameters", {}).get(k, "") for k in tuned),
-                     f"{metric['Value']:.4f}" if "Value" in metric else "",
-                     s["TrainingJobName"], s["TrainingJobStatus"], fmt_time(start), fmt_time(end),
-                     f"{elapsed:.0f}" if elapsed is not None else ""])
-    print()
-    print_table(rows, [*tuned, "FinalObjectiveValue", "TrainingJobName", "TrainingJobStatus",
-                       "TrainingStartTime", "TrainingEndTime", "TrainingElapsedTimeSeconds"])
-    if not desc.get("BestTrainingJob"):
-        print("\nno best training job yet")
-        return False
-    hps, best_job = best_from_description(desc)
-    metric = desc["BestTrainingJob"].get("FinalHyperParameterTuningJobObjectiveMetric") or {}
-    print(f"\nbest training job: {best_job}  {metric.get('MetricName', objective['MetricName'])}"
-          f"={metric.get('Value', float('nan')):.4f}")
-    print_table(sorted(hps.items()), ["hyperparameter", "value"])
-    print(f"\nnext: smctl train --from-tuning {name}")
-    return True
+        rows.append({"tuned": s.get("TunedHyperParameters", {}), "objective": metric.get("Value"),
+                     "name": s["TrainingJobName"], "status": s["TrainingJobStatus"],
+                     "start": start, "end": end,
+                     "elapsed": (end - start).total_seconds() if start and end else None})
+    best = None
+    if desc.get("BestTrainingJob"):
+        hps, best_job = best_from_description(desc)
+        metric = desc["BestTrainingJob"].get("FinalHyperParameterTuningJobObjectiveMetric") or {}
+        best = (best_job, metric.get("Value"), hps)
+        objective = {**objective, "MetricName": metric.get("MetricName", objective["MetricName"])}
+    return print_ranked(rows, tuned, objective["MetricName"], best, name)

@@ -68,3 +68,56 @@ def test_two_host_ddp_run_finishes(image, sample_data, tmp_path):
     assert (job / "algo-1" / "model" / "model.pt").exists()
     assert (job / "algo-1" / "output" / "success").exists()
     assert (job / "algo-2" / "output" / "success").exists()
+
+
+def test_tune_local_container_runner_then_serve_the_winner(image, tmp_path):
+    """`smctl tune --local --runner container`: each trial `docker run IMAGE train` on its own
+    tree; then the runner's ServeContainer (what a local batch transform uses) serves the
+    winner with extra env on a loopback port and is gone after its block."""
+    import csv
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from container_support import DOCKER, REPO, docker
+    from smctl.local.runner import ServeContainer
+    from training_support import COLORS, write_color_images
+
+    data = write_color_images(tmp_path / "data", COLORS, {"train": 4, "valid": 2, "test": 2},
+                              size=16)
+    out = tmp_path / "study"
+    env = dict(os.environ, DOCKER=DOCKER,
+               PYTHONPATH=os.pathsep.join([str(REPO / "code"), str(REPO / "scripts")]))
+    p = subprocess.run([sys.executable, "-m", "smctl", "tune", "--local", "--runner", "container",
+                        "--image", image, "--data", str(data), "--output", str(out),
+                        "--name", f"ctune{os.getpid()}", "--max-jobs", "2",
+                        "--max-parallel-jobs", "2", "--early-stopping", "Off",
+                        "--hp", "epochs=1", "--hp", "weights=none", "--hp", "image-size=16",
+                        "--hp", "rules=false", "--hp", "profiler=false"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    with open(out / "trials.csv", newline="") as f:
+        trials = list(csv.DictReader(f))
+    assert [t["state"] for t in trials] == ["Completed", "Completed"]
+    for t in trials:
+        log = (out / t["trial"] / "train.log").read_text()
+        assert "imgclf-entrypoint" in log  # it ran in the image, not on the host
+        assert (out / t["trial"] / "output" / "success").exists()
+    left = docker("ps", "-a", "-q", "--filter", f"name=ctune{os.getpid()}").stdout.strip()
+    assert left == "", "a trial container was left behind"
+
+    best = json.loads((out / "best.json").read_text())["trial"]
+    with ServeContainer(image, out / best / "model", {"SAGEMAKER_BATCH": "true"}) as server:
+        server.wait_ready(timeout=240)
+        name = server.name
+        inspect = docker("inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", name).stdout
+        assert "SAGEMAKER_BATCH=true" in inspect
+        img = next((data / "test" / "001.Red").iterdir()).read_bytes()
+        req = urllib.request.Request(server.url + "/invocations", data=img,
+                                     headers={"Content-Type": "image/jpeg"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            preds = json.loads(r.read())["predictions"]
+        assert preds[0]["label"] in COLORS
+    gone = subprocess.run([DOCKER, "inspect", name], capture_output=True)
+    assert gone.returncode != 0, "the serving container was not removed"

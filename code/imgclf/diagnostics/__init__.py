@@ -18,8 +18,8 @@ import argparse
 import logging
 import os
 
-from imgclf.config import option as _flag
-from imgclf.config import str2bool
+from imgclf.options import option as _flag
+from imgclf.options import str2bool
 
 log = logging.getLogger(__name__)
 
