@@ -1,0 +1,243 @@
+"""The HTTP front on the public port (aiohttp server + aiohttp client to MMS on loopback).
+
+MMS answers its own ``/ping`` with 200 as soon as its port is bound - before any worker has
+loaded the model, and even when every worker is dead. SageMaker only reads the status code, so
+it would route traffic to a model that is not there. The front owns the public port from the
+first second and:
+
+- answers ``/ping`` 503 until the server marks it ready (every worker READY in MMS's management
+  API and a real prediction answered, see :meth:`Front.probe`), then 200 while at least one
+  worker is READY there;
+- answers ``GET /execution-parameters`` (batch transform) itself;
+- refuses ambiguous framing with 400 before anything is forwarded. aiohttp's parser (llhttp)
+  already refuses Transfer-Encoding together with Content-Length, duplicate or invalid
+  Content-Length, bad chunk sizes, over-long lines and more than ``MAX_HEADERS`` headers
+  (``tests/test_serving_front.py`` sends each); the front adds nothing it would have to keep
+  in step with the RFC;
+- refuses a body over the payload limit with 413 JSON before reading it (Content-Length), or as
+  soon as a chunked body passes the limit; a body that does not arrive within
+  ``body_timeout_s`` gets 408;
+- forwards everything else to MMS with a fresh body framing (Content-Length), hop-by-hop
+  headers dropped; an upstream keep-alive connection that went stale while idle is retried
+  once on a new one; anything unparseable from upstream is a 502 JSON;
+- on :meth:`Front.stop` stops accepting, lets requests in flight finish for a grace period,
+  then returns (the server stops MMS after that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import aiohttp
+import yarl
+from aiohttp import web
+
+log = logging.getLogger("imgclf.serving.front")
+
+MODEL_NAME = "model"
+MAX_HEADERS = 100  # aiohttp's parser answers 400 past this many header lines
+MAX_LINE = 8190  # request line and each header field (aiohttp's default, stated here on purpose)
+PING_TIMEOUT_S = 1.5  # SageMaker wants /ping within 2 s, batch transform too
+HOP_BY_HOP = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+    "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Expect"))
+
+
+def json_response(status: int, doc: dict) -> web.Response:
+    return web.Response(status=status, text=json.dumps(doc), content_type="application/json")
+
+
+def error(status: int, message: str) -> web.Response:
+    return json_response(status, {"error": message, "status": status})
+
+
+class Front:
+    def __init__(self, inference: str, management: str, max_body: int, workers: int,
+                 timeout_s: float, body_timeout_s: float = 30, model_name: str = MODEL_NAME):
+        self.inference = inference.rstrip("/")  # http://127.0.0.1:PORT of MMS
+        self.management = management.rstrip("/")
+        self.max_body = max_body
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.model_name = model_name
+        self.ready = False
+        self.in_flight = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+
+    # ------------------------------------------------------------------------- upstream
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
+        return self._session
+
+    async def worker_states(self) -> list[dict]:
+        """MMS's workers of the model, ``[{"id", "status", "pid", ...}]``; [] when unknown."""
+        url = f"{self.management}/models/{self.model_name}"
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=PING_TIMEOUT_S)) as r:
+                if r.status != 200:
+                    return []
+                doc = await r.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return []
+        if isinstance(doc, list):  # MMS 1.1 describes a model as a one-element list
+            doc = doc[0] if doc else {}
+        return list(doc.get("workers") or []) if isinstance(doc, dict) else []
+
+    async def ready_workers(self) -> list[dict]:
+        return [w for w in await self.worker_states() if str(w.get("status")).upper() == "READY"]
+
+    async def probe(self, body: bytes, content_type: str) -> bool:
+        """One real prediction through MMS. MMS lists a worker READY as soon as its socket
+        connects, before the model load it sent has returned (measured: 6.7 s early), and a worker
+        still loading takes no requests: a 200 here means a worker has the model loaded."""
+        url = f"{self.inference}/predictions/{self.model_name}"
+        try:
+            async with self.session.post(url, data=body, headers={"Content-Type": content_type},
+                                         timeout=aiohttp.ClientTimeout(total=5)) as r:
+                await r.read()
+                return r.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def register(self, model_url: str, workers: int, batch_size: int,
+                       max_batch_delay_ms: int) -> None:
+        """Register the model through MMS's management API: the only way to give it a batch size
+        (models named at MMS start get batch_size 1). Returns once MMS accepted it; the workers
+        load in the background (``synchronous=false``)."""
+        params = {"url": model_url, "model_name": self.model_name, "initial_workers": str(workers),
+                  "batch_size": str(batch_size), "max_batch_delay": str(max_batch_delay_ms),
+                  "synchronous": "false", "response_timeout": str(int(self.timeout_s))}
+        async with self.session.post(f"{self.management}/models", params=params,
+                                     timeout=aiohttp.ClientTimeout(total=60)) as r:
+            text = await r.text()
+            if r.status >= 300:
+                raise RuntimeError(f"MMS refused the model registration: {r.status} {text[:300]}")
+
+    async def forward(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        # MMS only routes /invocations to a model named at its start; ours is registered through
+        # the management API (for its batch size), so requests go to its predictions API
+        query = request.raw_path.partition("?")[2]
+        url = yarl.URL(f"{self.inference}/predictions/{self.model_name}"
+                       + (f"?{query}" if query else ""), encoded=True)
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s + 10)
+        for attempt in (1, 2):
+            try:
+                async with self.session.request(request.method, url, headers=headers, data=body,
+                                                timeout=timeout, allow_redirects=False) as r:
+                    data = await r.read()
+                    out = [(k, v) for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP]
+                    return web.Response(status=r.status, body=data, headers=out)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+                # an idle keep-alive connection MMS closed meanwhile: once more on a new one
+                if attempt == 1:
+                    log.info("upstream connection failed (%s): retrying once", type(e).__name__)
+                    continue
+                log.warning("model server unreachable: %s", e)
+                return error(502, "model server unavailable")
+            except asyncio.TimeoutError:
+                return error(504, f"no answer from the model within {self.timeout_s:.0f} s")
+            except aiohttp.ClientResponseError as e:  # unparseable status line or headers
+                log.warning("bad response from the model server: %s", e)
+                return error(502, "bad response from the model server")
+            except aiohttp.ClientError as e:
+                log.warning("model server failed: %s", e)
+                return error(502, "model server unavailable")
+        raise AssertionError("unreachable")
+
+    # -------------------------------------------------------------------------- routes
+    async def ping(self, request: web.Request) -> web.Response:
+        if not self.ready:
+            return json_response(503, {"status": "Starting", "detail": "model workers are loading"})
+        ready = await self.ready_workers()
+        doc = {"status": "Healthy" if ready else "Unhealthy", "workers": len(ready)}
+        return json_response(200 if ready else 503, doc)
+
+    async def execution_parameters(self, request: web.Request) -> web.Response:
+        """What batch transform asks before it starts sending records."""
+        return json_response(200, {"MaxConcurrentTransforms": self.workers,
+                                   "BatchStrategy": "SINGLE_RECORD",
+                                   "MaxPayloadInMB": self.max_body // 2**20})
+
+    async def read_body(self, request: web.Request) -> bytes | web.Response:
+        limit = self.max_body
+        if request.content_length is not None and request.content_length > limit:
+            return error(413, f"body of {request.content_length} bytes is over the limit of "
+                              f"{limit} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+        parts, total = [], 0
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                async for chunk in request.content.iter_any():
+                    total += len(chunk)
+                    if total > limit:
+                        return error(413, f"body is over the limit of {limit} bytes "
+                                          f"(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+                    parts.append(chunk)
+        except TimeoutError:
+            return error(408, f"the request body did not arrive within {self.body_timeout_s:g} s")
+        except aiohttp.http_exceptions.HttpProcessingError as e:  # bad chunk framing mid-body
+            return error(400, f"malformed body: {e.message}")
+        return b"".join(parts)
+
+    async def proxy(self, request: web.Request) -> web.StreamResponse:
+        body = await self.read_body(request)
+        if isinstance(body, web.Response):
+            return self._closing(body)
+        if not self.ready:
+            return error(503, "model workers are still loading; retry when /ping answers 200")
+        return await self.forward(request, body)
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        return self._closing(error(404, f"no such endpoint {request.method} {request.path}; "
+                                        "this server answers GET /ping, POST /invocations, "
+                                        "GET /execution-parameters"))
+
+    @staticmethod
+    def _closing(resp: web.Response) -> web.Response:
+        resp.force_close()  # the unread rest of the body must not be parsed as a request
+        return resp
+
+    @web.middleware
+    async def count(self, request: web.Request, handler):
+        self.in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.count], client_max_size=self.max_body,
+                              handler_args={"max_headers": MAX_HEADERS, "max_line_size": MAX_LINE,
+                                            "max_field_size": MAX_LINE})
+        app.router.add_route("GET", "/ping", self.ping)  # HEAD too (aiohttp adds it for GET)
+        app.router.add_route("GET", "/execution-parameters", self.execution_parameters)
+        app.router.add_route("POST", "/invocations", self.proxy)
+        app.router.add_route("*", "/{tail:.*}", self.not_found)
+        return app
+
+    # ---------------------------------------------------------------------- lifecycle
+    async def start(self, host: str, port: int, grace_s: float) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=grace_s,
+                                     handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+
+    async def stop(self) -> None:
+        """Stop accepting, wait for requests in flight (up to the grace period), close."""
+        t0 = time.monotonic()
+        if self.in_flight:
+            log.info("draining %d request(s) in flight", self.in_flight)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        log.info("front stopped after %.1f s of draining", time.monotonic() - t0)
