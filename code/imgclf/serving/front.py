@@ -40,6 +40,7 @@ log = logging.getLogger("imgclf.serving.front")
 MODEL_NAME = "model"
 MAX_HEADERS = 100  # aiohttp's parser answers 400 past this many header lines
 MAX_LINE = 8190  # request line and each header field (aiohttp's default, stated here on purpose)
+MAX_HEAD = 64 * 1024  # all header lines together: aiohttp has no such limit (100 x 8 KB passes)
 PING_TIMEOUT_S = 1.5  # SageMaker wants /ping within 2 s, batch transform too
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
@@ -52,6 +53,26 @@ def json_response(status: int, doc: dict) -> web.Response:
 
 def error(status: int, message: str) -> web.Response:
     return json_response(status, {"error": message, "status": status})
+
+
+class JsonErrorHandler(web.RequestHandler):
+    """aiohttp's connection handler with its parse errors (the 400s for bad framing) answered as
+    short JSON like every other error here, instead of text that quotes the client's bytes."""
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: a response is on its way already
+            raise ConnectionError("response already started; cannot send the error")
+        if status >= 500:
+            log.error("error handling a request", exc_info=exc)
+            reason = "internal error"
+        else:  # llhttp's first line, without the quoted client bytes after it
+            reason = (message or "bad request").split("\n", 1)[0].split(": b'", 1)[0]
+            reason = reason.rstrip(": ")[:200]
+            log.info("refused a malformed request from %s: %s", request.remote, reason)
+        resp = error(status, reason)
+        resp.force_close()
+        return resp
 
 
 class Front:
@@ -68,6 +89,13 @@ class Front:
         self.in_flight = 0
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+
+    @classmethod
+    def from_settings(cls, s, workers: int, inference_port: int, management_port: int) -> "Front":
+        """The front ``serve`` runs (``s``: :class:`imgclf.serving.settings.ServerSettings`)."""
+        return cls(f"http://127.0.0.1:{inference_port}", f"http://127.0.0.1:{management_port}",
+                   s.max_payload_bytes, workers, s.timeout_s, s.body_timeout_s)
 
     # ------------------------------------------------------------------------- upstream
     @property
@@ -208,6 +236,10 @@ class Front:
 
     @web.middleware
     async def count(self, request: web.Request, handler):
+        head = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        if head > MAX_HEAD:
+            return self._closing(error(400, f"request head of {head} bytes is over the limit of "
+                                            f"{MAX_HEAD} bytes"))
         self.in_flight += 1
         try:
             return await handler(request)
@@ -215,9 +247,7 @@ class Front:
             self.in_flight -= 1
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.count], client_max_size=self.max_body,
-                              handler_args={"max_headers": MAX_HEADERS, "max_line_size": MAX_LINE,
-                                            "max_field_size": MAX_LINE})
+        app = web.Application(middlewares=[self.count], client_max_size=self.max_body)
         app.router.add_route("GET", "/ping", self.ping)  # HEAD too (aiohttp adds it for GET)
         app.router.add_route("GET", "/execution-parameters", self.execution_parameters)
         app.router.add_route("POST", "/invocations", self.proxy)
@@ -229,13 +259,21 @@ class Front:
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=grace_s,
                                      handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+        manager, loop = self._runner.server, asyncio.get_running_loop()
+        # web.TCPSite would serve aiohttp's own RequestHandler; the same manager with ours (the
+        # manager still tracks every connection, so the runner's graceful shutdown sees them)
+        self._listener = await loop.create_server(
+            lambda: JsonErrorHandler(manager, loop=loop, access_log=None, max_headers=MAX_HEADERS,
+                                     max_line_size=MAX_LINE, max_field_size=MAX_LINE),
+            host, port, reuse_address=True)
 
     async def stop(self) -> None:
         """Stop accepting, wait for requests in flight (up to the grace period), close."""
         t0 = time.monotonic()
         if self.in_flight:
             log.info("draining %d request(s) in flight", self.in_flight)
+        if self._listener is not None:
+            self._listener.close()  # no new connections; open ones finish their request
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:

@@ -240,8 +240,7 @@ async def run(s: ServerSettings, plan: WorkerPlan, run_dir: str) -> int:
     config_file = s.mms_config_file or os.path.join(run_dir, "mms.properties")
     with open(config_file, "w") as f:
         f.write(mms_properties(inference_port, management_port, plan, s))
-    front = Front(f"http://127.0.0.1:{inference_port}", f"http://127.0.0.1:{management_port}",
-                  s.max_payload_bytes, plan.workers, s.timeout_s, s.body_timeout_s)
+    front = Front.from_settings(s, plan.workers, inference_port, management_port)
     await front.start(s.bind_host, s.port, s.drain_grace_s)
     log.info("listening on %s:%d (/ping 503 until the workers are warm)%s", s.bind_host, s.port,
              "; batch transform mode" if s.batch else "")
