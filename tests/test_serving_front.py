@@ -184,3 +184,27 @@ def test_execution_parameters_normal_and_batch_mode(monkeypatch, env, expect):
     assert status == 200 and doc == {**doc, **expect} and set(doc) == {
         "MaxConcurrentTransforms", "BatchStrategy", "MaxPayloadInMB"}
     assert front.max_body == doc["MaxPayloadInMB"] * MB
+
+
+def test_ping_needs_ready_workers_in_mms_and_live_worker_processes():
+    """MMS keeps listing a worker READY after its process died (and never restarts it when the
+    listener died): /ping also asks how many worker processes are alive."""
+    ready = json.dumps([{"modelName": "model", "workers": [{"id": "9000", "status": "READY"}]}])
+    answer = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+              f"{len(ready)}\r\n\r\n{ready}").encode()
+
+    async def main(live: int):
+        async with RawUpstream(answer, close_after=True) as management:
+            front = Front(f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{management.port}",
+                          MB, workers=1, timeout_s=5, live_workers=lambda: live)
+            front.ready = True
+            port = free_port()
+            await front.start("127.0.0.1", port, grace_s=1)
+            try:
+                async with aiohttp.ClientSession() as client:
+                    async with client.get(f"http://127.0.0.1:{port}/ping") as r:
+                        return r.status, await r.json()
+            finally:
+                await front.stop()
+    assert asyncio.run(main(1)) == (200, {"status": "Healthy", "workers": 1})
+    assert asyncio.run(main(0)) == (503, {"status": "Unhealthy", "workers": 0})

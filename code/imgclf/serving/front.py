@@ -7,7 +7,8 @@ first second and:
 
 - answers ``/ping`` 503 until the server marks it ready (every worker READY in MMS's management
   API and a real prediction answered, see :meth:`Front.probe`), then 200 while at least one
-  worker is READY there;
+  worker is READY there and its process is alive (MMS keeps listing workers READY whose process
+  died and that it never restarts, measured with a model registered through the API);
 - answers ``GET /execution-parameters`` (batch transform) itself;
 - refuses ambiguous framing with 400 before anything is forwarded. aiohttp's parser (llhttp)
   already refuses Transfer-Encoding together with Content-Length, duplicate or invalid
@@ -77,7 +78,8 @@ class JsonErrorHandler(web.RequestHandler):
 
 class Front:
     def __init__(self, inference: str, management: str, max_body: int, workers: int,
-                 timeout_s: float, body_timeout_s: float = 30, model_name: str = MODEL_NAME):
+                 timeout_s: float, body_timeout_s: float = 30, model_name: str = MODEL_NAME,
+                 live_workers=None):
         self.inference = inference.rstrip("/")  # http://127.0.0.1:PORT of MMS
         self.management = management.rstrip("/")
         self.max_body = max_body
@@ -85,6 +87,8 @@ class Front:
         self.timeout_s = timeout_s
         self.body_timeout_s = body_timeout_s
         self.model_name = model_name
+        # how many worker processes are alive now (None: trust MMS's list alone)
+        self.live_workers = live_workers
         self.ready = False
         self.in_flight = 0
         self._session: aiohttp.ClientSession | None = None
@@ -92,10 +96,12 @@ class Front:
         self._listener: asyncio.Server | None = None
 
     @classmethod
-    def from_settings(cls, s, workers: int, inference_port: int, management_port: int) -> "Front":
+    def from_settings(cls, s, workers: int, inference_port: int, management_port: int,
+                      live_workers=None) -> "Front":
         """The front ``serve`` runs (``s``: :class:`imgclf.serving.settings.ServerSettings`)."""
         return cls(f"http://127.0.0.1:{inference_port}", f"http://127.0.0.1:{management_port}",
-                   s.max_payload_bytes, workers, s.timeout_s, s.body_timeout_s)
+                   s.max_payload_bytes, workers, s.timeout_s, s.body_timeout_s,
+                   live_workers=live_workers)
 
     # ------------------------------------------------------------------------- upstream
     @property
@@ -163,7 +169,12 @@ class Front:
                 async with self.session.request(request.method, url, headers=headers, data=body,
                                                 timeout=timeout, allow_redirects=False) as r:
                     data = await r.read()
-                    out = [(k, v) for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP]
+                    out = [(k, v) for k, v in r.headers.items()
+                           if k.lower() not in HOP_BY_HOP and k.lower() != "content-type"]
+                    # every answer of the handler is JSON; the workers set no Content-Type (see
+                    # imgclf.serving.transformer on MMS's reply decoder) and MMS's own errors
+                    # are JSON too
+                    out.append(("Content-Type", "application/json"))
                     return web.Response(status=r.status, body=data, headers=out)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
                 # an idle keep-alive connection MMS closed meanwhile: once more on a new one
@@ -186,9 +197,11 @@ class Front:
     async def ping(self, request: web.Request) -> web.Response:
         if not self.ready:
             return json_response(503, {"status": "Starting", "detail": "model workers are loading"})
-        ready = await self.ready_workers()
-        doc = {"status": "Healthy" if ready else "Unhealthy", "workers": len(ready)}
-        return json_response(200 if ready else 503, doc)
+        n = len(await self.ready_workers())
+        if self.live_workers is not None:
+            n = min(n, self.live_workers())
+        doc = {"status": "Healthy" if n else "Unhealthy", "workers": n}
+        return json_response(200 if n else 503, doc)
 
     async def execution_parameters(self, request: web.Request) -> web.Response:
         """What batch transform asks before it starts sending records."""

@@ -37,7 +37,7 @@ import torch
 
 from imgclf.artifact import ArtifactError, ModelMeta, load_artifact
 from imgclf.images import ImageDecodeError
-from imgclf.serving import content_types, plan, settings
+from imgclf.serving import content_types, fastpath, plan, settings
 from imgclf.serving.errors import BadRequest, PayloadTooLarge
 from imgclf.transforms import eval_transform, load_uint8, normalize
 
@@ -48,14 +48,17 @@ log = logging.getLogger(__name__)
 class ServedModel:
     """What ``model_fn`` returns: the eval-mode network plus what is needed to feed it."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # the eager network (weights, parameter count)
     meta: ModelMeta
     device: torch.device
     transform: object = field(repr=False, default=None)
+    path: fastpath.InferencePath | None = field(repr=False, default=None)  # None: eager
 
     def __post_init__(self):
         if self.transform is None:
             self.transform = eval_transform(self.meta.image_size, self.meta.resize_size)
+        if self.path is None:
+            self.path = fastpath.InferencePath(self.model, "eager")
 
 
 @dataclass
@@ -83,15 +86,21 @@ def _device(context) -> torch.device:
     return torch.device(f"cuda:{int(gpu_id or 0)}")
 
 
-def load_model(model_dir: str, device: str | torch.device = "cpu", warm: bool = True) -> ServedModel:
-    """Load the artifact and, with ``warm``, run the whole pipeline once on a synthetic image.
+def load_model(model_dir: str, device: str | torch.device = "cpu", warm: bool = True,
+               inference: str | None = None) -> ServedModel:
+    """Load the artifact, choose the inference path (:mod:`imgclf.serving.fastpath`;
+    ``inference``: "optimized" or "eager", default IMGCLF_INFERENCE) and, with ``warm``, run the
+    whole pipeline once on a synthetic image.
 
     Warming pays the lazy costs (first forward, allocator, codec imports, cuDNN autotune) here,
     at worker start, not in the first request.
     """
     plan.apply_threads(os.environ)  # the thread plan serve set for the workers
     model, meta = load_artifact(model_dir, str(device))
-    served = ServedModel(model, meta, torch.device(device))
+    device = torch.device(device)
+    path = fastpath.choose(model, meta.image_size, device, inference)
+    log.info("inference path: %s%s", path.name, f" ({path.detail})" if path.detail else "")
+    served = ServedModel(model, meta, device, path=path)
     if warm:
         check_model(served)
     return served
@@ -225,7 +234,7 @@ def forward(served: ServedModel, uint8_batch: torch.Tensor) -> torch.Tensor:
     batch = normalize(uint8_batch.to(served.device, non_blocking=True), served.meta.mean,
                       served.meta.std)
     with torch.inference_mode():
-        logits = served.model(batch)
+        logits = served.path.forward(batch)
     return torch.softmax(logits.float(), dim=1).cpu()
 
 

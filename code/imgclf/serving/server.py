@@ -158,6 +158,26 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) ->
         proc.wait()
 
 
+def model_workers(jvm_pid: int) -> list[int]:
+    """PIDs of the MMS worker processes that hold the model. MMS's Python worker is a listener
+    that forks one process per connection from the JVM; the forks load the model and answer."""
+    try:
+        tree = psutil.Process(jvm_pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    listeners, forks = set(), []
+    for p in tree:
+        try:
+            if "model_service_worker" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
+                if p.ppid() == jvm_pid:
+                    listeners.add(p.pid)
+                else:
+                    forks.append(p)
+        except psutil.Error:
+            pass
+    return [p.pid for p in forks if p.ppid() in listeners]
+
+
 def group_members(pgid: int) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter():
@@ -183,7 +203,7 @@ def reap_orphans(keep: int) -> None:
 def preflight(model_dir: str) -> int:
     """Load and check the artifact on CPU; returns the model's parameter+buffer bytes."""
     t0 = time.monotonic()
-    served = handler.load_model(model_dir, "cpu", warm=True)
+    served = handler.load_model(model_dir, "cpu", warm=True, inference="eager")  # workers choose
     size = sum(t.numel() * t.element_size() for t in
                list(served.model.parameters()) + list(served.model.buffers()))
     m = served.meta
@@ -240,7 +260,9 @@ async def run(s: ServerSettings, plan: WorkerPlan, run_dir: str) -> int:
     config_file = s.mms_config_file or os.path.join(run_dir, "mms.properties")
     with open(config_file, "w") as f:
         f.write(mms_properties(inference_port, management_port, plan, s))
-    front = Front.from_settings(s, plan.workers, inference_port, management_port)
+    jvm: list[int] = []  # the JVM's pid, once started
+    front = Front.from_settings(s, plan.workers, inference_port, management_port,
+                                live_workers=lambda: len(model_workers(jvm[0])) if jvm else 0)
     await front.start(s.bind_host, s.port, s.drain_grace_s)
     log.info("listening on %s:%d (/ping 503 until the workers are warm)%s", s.bind_host, s.port,
              "; batch transform mode" if s.batch else "")
@@ -250,6 +272,7 @@ async def run(s: ServerSettings, plan: WorkerPlan, run_dir: str) -> int:
              plan.threads, plan.reason, config_file)
     proc = subprocess.Popen(cmd, env=mms_env(plan, run_dir), cwd=run_dir, start_new_session=True,
                             preexec_fn=_die_with_parent)
+    jvm.append(proc.pid)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received = []

@@ -12,6 +12,12 @@ Two toolkit defaults are replaced:
   (:func:`imgclf.serving.handler.predict_batch`), and each gets its own status, content type
   and body - a bad image fails only its own request.
 
+No response header is set per request, not even Content-Type (every body is JSON; the front
+labels it). MMS 1.1.11's Java decoder of a worker's reply reads each request's header map with
+"what has arrived so far" as the length limit, so a reply split across socket reads inside a
+header map is taken for a corrupt frame and the worker is killed (seen: "Message size exceed
+limit: 19" with a batch of 48, then 500 "Worker died." for the whole batch).
+
 (MMS requires the handler-service module to define exactly one class, so this lives here.)
 """
 
@@ -23,7 +29,6 @@ import sys
 
 import traceback
 
-from sagemaker_inference import content_types as toolkit_types
 from sagemaker_inference import utils
 from sagemaker_inference.errors import GenericInferenceToolkitError
 from sagemaker_inference.transformer import Transformer
@@ -32,10 +37,6 @@ from imgclf.serving import content_types, handler
 from imgclf.serving.errors import BadRequest, ServingError
 
 log = logging.getLogger("imgclf.serving")
-
-
-#: Response header: how many requests shared this request's forward (observability, tests).
-BATCH_HEADER = "X-Imgclf-Batch-Size"
 
 
 def error_body(status: int, message: str) -> str:
@@ -78,14 +79,14 @@ class ImgclfTransformer(Transformer):
             for i, _, _ in parsed:
                 out[i] = self._error(context, i, e, trace)
             return out
+        if len(parsed) > 1:
+            log.info("one forward for %d requests (%d images)", len(parsed),
+                     sum(len(r.images) for _, r, _ in parsed))
         for (i, _, accept), result in zip(parsed, results):
             try:
                 if isinstance(result, Exception):
                     raise result
-                body, ctype = handler.output_fn(result, accept)
-                context.set_response_content_type(i, ctype)
-                context.set_response_header(i, BATCH_HEADER, str(len(parsed)))
-                out[i] = body
+                out[i] = handler.output_fn(result, accept)[0]  # always JSON (see module doc)
             except Exception as e:  # noqa: BLE001
                 out[i] = self._error(context, i, e, traceback.format_exc())
         return out
@@ -118,5 +119,4 @@ class ImgclfTransformer(Transformer):
             message = f"internal error ({name}); details are in the server log"
             log.error("request failed: %s\n%s", inference_exception.message, trace)
         context.set_response_status(code=status, phrase=phrase, idx=idx)
-        context.set_response_content_type(idx, toolkit_types.JSON)
         return [error_body(status, message)]
