@@ -89,7 +89,9 @@ def check_inputs(image_size: int, device: torch.device, n: int = CHECK_IMAGES) -
 def choose(model: torch.nn.Module, image_size: int, device: torch.device,
            requested: str | None = None) -> InferencePath:
     """The path this worker serves with (see module doc)."""
-    if (requested or mode()) == "eager":
+    if requested == "eager":
+        return InferencePath(model, "eager", "requested")
+    if requested is None and mode() == "eager":
         return InferencePath(model, "eager", f"{INFERENCE_ENV}=eager")
     t0 = time.monotonic()
     x = check_inputs(image_size, device)

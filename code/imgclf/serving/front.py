@@ -94,6 +94,7 @@ class Front:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
+        self.grace_s = 30.0
 
     @classmethod
     def from_settings(cls, s, workers: int, inference_port: int, management_port: int,
@@ -269,26 +270,37 @@ class Front:
 
     # ---------------------------------------------------------------------- lifecycle
     async def start(self, host: str, port: int, grace_s: float) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=grace_s,
+        self.grace_s = grace_s
+        # shutdown_timeout: what aiohttp's own shutdown still waits once stop() has drained
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1,
                                      handle_signals=False)
         await self._runner.setup()
         manager, loop = self._runner.server, asyncio.get_running_loop()
         # web.TCPSite would serve aiohttp's own RequestHandler; the same manager with ours (the
-        # manager still tracks every connection, so the runner's graceful shutdown sees them)
+        # manager still tracks every connection, so the runner's shutdown sees them)
         self._listener = await loop.create_server(
             lambda: JsonErrorHandler(manager, loop=loop, access_log=None, max_headers=MAX_HEADERS,
                                      max_line_size=MAX_LINE, max_field_size=MAX_LINE),
             host, port, reuse_address=True)
 
     async def stop(self) -> None:
-        """Stop accepting, wait for requests in flight (up to the grace period), close."""
-        t0 = time.monotonic()
+        """Stop accepting, let requests in flight finish (up to the grace period), close.
+
+        The drain is ours, before aiohttp's shutdown: that one stops reading from open
+        connections at once, so a request whose body was still arriving would time out."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        if self._listener is not None:
+            self._listener.close()  # no new connections; open ones finish their requests
         if self.in_flight:
             log.info("draining %d request(s) in flight", self.in_flight)
-        if self._listener is not None:
-            self._listener.close()  # no new connections; open ones finish their request
+        while self.in_flight and loop.time() - t0 < self.grace_s:
+            await asyncio.sleep(0.05)
+        if self.in_flight:
+            log.warning("%d request(s) still in flight after %g s: closing", self.in_flight,
+                        self.grace_s)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
-        log.info("front stopped after %.1f s of draining", time.monotonic() - t0)
+        log.info("front stopped after %.1f s of draining", loop.time() - t0)
