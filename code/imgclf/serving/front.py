@@ -114,7 +114,7 @@ class Front:
         return self._session
 
     async def worker_states(self) -> list[dict]:
-        """MMS's workers of the model, ``[{"id", "status", "pid", ...}]``; [] when unknown."""
+        """MMS's workers of the model, ``[{"id", "status", ...}]``; [] when unknown."""
         url = f"{self.management}/models/{self.model_name}"
         try:
             async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=PING_TIMEOUT_S)) as r:
