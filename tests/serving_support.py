@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -110,3 +111,22 @@ def dimension_bomb_png(width: int = 40000, height: int = 40000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
             + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+# Fixtures shared by the in-process serving tests (import them by name into a test module).
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The machine is shared: several torch threads per test process oversubscribe the CPUs
+    (measured 8x slower training under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The trained colour model's artifact directory."""
+    d = tmp_path_factory.mktemp("model")
+    train_color_model(str(d))
+    return str(d)

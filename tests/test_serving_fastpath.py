@@ -10,24 +10,12 @@ import torch
 from imgclf.artifact import ModelMeta, save_artifact
 from imgclf.models import build_model
 from imgclf.serving import fastpath, handler
-from serving_support import CLASSES, color_image, encode, train_color_model
+from serving_support import CLASSES, color_image, encode, model_dir, one_thread  # noqa: F401
 
 N_IMAGES = 500
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared machine
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def color_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("color")
-    train_color_model(str(d))
-    return str(d)
+color_model = model_dir
 
 
 @pytest.fixture(scope="module")

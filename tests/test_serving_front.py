@@ -75,10 +75,16 @@ OK = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\
       b"Connection: keep-alive\r\n\r\n{\"ok\": true}")
 
 
-async def with_front(upstream_port: int, fn, **kw):
-    front = Front(f"http://127.0.0.1:{upstream_port}", f"http://127.0.0.1:{free_port()}",
+async def with_front(upstream_port: int, fn, ready: bool = True, management_port: int = 0, **kw):
+    front = Front(f"http://127.0.0.1:{upstream_port}",
+                  f"http://127.0.0.1:{management_port or free_port()}",
                   kw.pop("max_body", MB), workers=2, timeout_s=5, **kw)
-    front.ready = True
+    front.ready = ready
+    return await serve_front(front, fn)
+
+
+async def serve_front(front: Front, fn):
+    """Start ``front`` on a free port, run ``fn(client, url)``, stop it."""
     port = free_port()
     await front.start("127.0.0.1", port, grace_s=2)
     try:
@@ -130,23 +136,15 @@ def test_no_upstream_is_a_502_json_and_the_front_keeps_serving():
 
 
 def test_not_ready_is_503_and_unknown_paths_404():
-    async def main():
-        front = Front(f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}",
-                      MB, workers=1, timeout_s=5)
-        port = free_port()
-        await front.start("127.0.0.1", port, grace_s=1)
-        try:
-            async with aiohttp.ClientSession() as client:
-                url = f"http://127.0.0.1:{port}"
-                a = await post(client, url)
-                async with client.get(url + "/ping") as r:
-                    b = r.status, await r.json()
-                async with client.get(url + "/models") as r:
-                    c = r.status, await r.json()
-                return a, b, c
-        finally:
-            await front.stop()
-    (a_status, a_text), (b_status, b_doc), (c_status, c_doc) = asyncio.run(main())
+    async def calls(client, url):
+        a = await post(client, url)
+        async with client.get(url + "/ping") as r:
+            b = r.status, await r.json()
+        async with client.get(url + "/models") as r:
+            c = r.status, await r.json()
+        return a, b, c
+    (a_status, a_text), (b_status, b_doc), (c_status, c_doc) = asyncio.run(
+        with_front(free_port(), calls, ready=False))
     assert a_status == 503 and "loading" in json.loads(a_text)["error"]
     assert b_status == 503 and b_doc["status"] == "Starting"
     assert c_status == 404 and c_doc["status"] == 404  # MMS's management routes are not public
@@ -172,15 +170,7 @@ def test_execution_parameters_normal_and_batch_mode(monkeypatch, env, expect):
         async with client.get(url + "/execution-parameters") as r:
             return r.status, await r.json()
 
-    async def main():
-        port = free_port()
-        await front.start("127.0.0.1", port, grace_s=1)
-        try:
-            async with aiohttp.ClientSession() as client:
-                return await call(client, f"http://127.0.0.1:{port}")
-        finally:
-            await front.stop()
-    status, doc = asyncio.run(main())
+    status, doc = asyncio.run(serve_front(front, call))
     assert status == 200 and doc == {**doc, **expect} and set(doc) == {
         "MaxConcurrentTransforms", "BatchStrategy", "MaxPayloadInMB"}
     assert front.max_body == doc["MaxPayloadInMB"] * MB
@@ -193,18 +183,13 @@ def test_ping_needs_ready_workers_in_mms_and_live_worker_processes():
     answer = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
               f"{len(ready)}\r\n\r\n{ready}").encode()
 
+    async def ping(client, url):
+        async with client.get(url + "/ping") as r:
+            return r.status, await r.json()
+
     async def main(live: int):
         async with RawUpstream(answer, close_after=True) as management:
-            front = Front(f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{management.port}",
-                          MB, workers=1, timeout_s=5, live_workers=lambda: live)
-            front.ready = True
-            port = free_port()
-            await front.start("127.0.0.1", port, grace_s=1)
-            try:
-                async with aiohttp.ClientSession() as client:
-                    async with client.get(f"http://127.0.0.1:{port}/ping") as r:
-                        return r.status, await r.json()
-            finally:
-                await front.stop()
+            return await with_front(free_port(), ping, management_port=management.port,
+                                    live_workers=lambda: live)
     assert asyncio.run(main(1)) == (200, {"status": "Healthy", "workers": 1})
     assert asyncio.run(main(0)) == (503, {"status": "Unhealthy", "workers": 0})

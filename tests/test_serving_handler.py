@@ -19,25 +19,8 @@ from imgclf.serving.plan import plan_workers
 from imgclf.serving.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 from imgclf.serving.transformer import ImgclfTransformer
 from imgclf.transforms import preprocess_batch
-from serving_support import (CLASSES, color_image, dimension_bomb_png, encode, train_color_model,
-                             truncated_jpeg, ugly_images)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared: several torch threads per test process oversubscribe the CPUs
-    (measured 8x slower training under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model")
-    train_color_model(str(d))
-    return str(d)
+from serving_support import (CLASSES, color_image, dimension_bomb_png, encode, model_dir,  # noqa: F401
+                             one_thread, truncated_jpeg, ugly_images)
 
 
 @pytest.fixture(scope="module")
