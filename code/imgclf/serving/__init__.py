@@ -10,6 +10,7 @@ One module per concern of the serving contract:
                        JSON errors
 - ``handler_service``  the one class MMS loads in each worker
 - ``plan``             workers x torch threads that fit the container's CPUs / GPUs
+- ``fastpath``         the inference path chosen at load (optimised, checked against eager)
 - ``front``            the HTTP front on the public port (aiohttp): truthful /ping, framing and
                        size checks, /execution-parameters, draining on SIGTERM
 - ``server``           ``python -m imgclf.serving.server``: pre-flight check, MMS, signals
