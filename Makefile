@@ -78,7 +78,7 @@ serve-host: $(STAMP) ## serve MODEL_DIR (default $(DEMO_DIR)/model) on the host 
 	SM_MODEL_DIR=$(or $(MODEL_DIR),$(DEMO_DIR)/model) SAGEMAKER_BIND_TO_PORT=$(or $(PORT),8080) PYTHONPATH=code $(PY) -m imgclf.serving.server
 
 .PHONY: bench-serve
-bench-serve: $(STAMP) ## serving: cold start, p50/p99 latency and req/s at concurrency 1 and 8, vs in-process forward
+bench-serve: $(STAMP) ## serving side by side: in-process eager/optimised/batched vs served p50/p99 (c=1), img/s (c=16), cold start
 	$(PY) scripts/bench_serve.py
 
 .PHONY: bench-diagnostics

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ENTRYPOINT of the image: `docker run IMAGE train|serve|<any command>`.
-# Logs the GPU driver / CUDA situation in one line, then execs the command (PID 1 stays the
-# command, so SIGTERM from SageMaker reaches it).
+# Logs the GPU driver / CUDA situation in one line, then execs the command. tini (PID 1, see the
+# Dockerfile) forwards SageMaker's SIGTERM to it and reaps orphans.
 #
 # torch 2.10 cu128 needs NVIDIA driver >= 525 (CUDA 12 minor-version compatibility). SageMaker
 # real-time hosts on g4dn/g5/p4d still default to driver 470. Fixes, best first:

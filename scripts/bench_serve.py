@@ -1,17 +1,21 @@
-"""Serving benchmark: cold start, latency and throughput of the real server vs raw forward time.
+"""Serving benchmark: the real server against the same model in-process, side by side.
 
     make bench-serve            # or: python scripts/bench_serve.py --arch resnet18 --requests 80
 
-Starts ``python -m imgclf.serving.server`` (gate + MMS + workers) on a free loopback port with
-an artifact of ``--arch`` (random weights: timing does not depend on them; ``--model-dir`` to
-use a trained one) and prints, in one run:
+Starts ``python -m imgclf.serving.server`` (front + MMS + workers, its own thread plan) on a free
+loopback port with an artifact of ``--arch`` (random weights: timing does not depend on them;
+``--model-dir`` to use a trained one) and prints one table:
 
-- cold start: process start -> /ping 200, and -> first prediction returned;
-- p50/p99 latency and requests/s for one JPEG at concurrency 1 and 8 (keep-alive clients), and
-  at concurrency 1 straight to MMS's loopback port (what the /ping gate in front costs);
-- in-process, same model and threads as one worker: forward pass alone (the limit) and the whole
-  handler (decode + preprocess + forward + JSON), and served p50 / forward p50. Measured before
-  and after the server runs; the faster is kept (others may share the machine).
+- in-process, with every CPU the container may use (imgclf.resources): one image (decode +
+  preprocess + forward) eager and optimised (imgclf.serving.fastpath), and the batched limit
+  (decode each image + forwards of batches of 16, images/s);
+- served: p50/p99 latency at concurrency 1, images/s at concurrency 16 (one image per request,
+  keep-alive clients);
+- cold start: process start -> /ping 200, and -> first answer;
+
+with the ratios against the goals: served p50 at c=1 <= 1.15x in-process single, served c=16
+>= 0.9x the batched limit, optimised >= 1.3x eager. In-process figures are measured before and
+after the server runs; the faster is kept (others may share the machine).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -43,14 +48,14 @@ def parse_args(argv=None):
     p.add_argument("--model-dir", help="serve this artifact instead of a random-weight one")
     p.add_argument("--workers", type=int, help="SAGEMAKER_MODEL_SERVER_WORKERS (default: serve's)")
     p.add_argument("--requests", type=int, default=80, help="requests per concurrency (default: 80)")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8],
-                   help="client concurrency levels (default: 1 8)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16],
+                   help="client concurrency levels (default: 1 16)")
     p.add_argument("--json-out", help="also write the figures to this JSON file")
     return p.parse_args(argv)
 
 
-def make_jpeg(width=640, height=480) -> bytes:
-    """A photo-sized JPEG (~640x480, smooth gradients + noise, quality 90)."""
+def make_jpeg(width=500, height=375) -> bytes:
+    """A photo-sized JPEG (500x375 like the issue's photos; smooth gradients + noise, q 90)."""
     import numpy as np
     from PIL import Image
     rng = np.random.default_rng(0)
@@ -130,32 +135,34 @@ def percentile(sorted_values, q):
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
-def in_process(model_dir: str, body: bytes, threads: int, n: int = 40) -> dict:
+def in_process(model_dir: str, body: bytes, threads: int, n: int = 30) -> dict:
+    """One image (decode + preprocess + forward) eager and optimised, and the batched limit."""
     import torch
 
     from imgclf.serving import handler
     torch.set_num_threads(threads)
-    served = handler.load_model(model_dir, "cpu")
-    x = handler.preprocess([body], served)
-    fwd, full = [], []
-    with torch.inference_mode():
-        for _ in range(3):
-            served.model(x)
-        for _ in range(n):
+    out = {"threads": threads}
+    for mode in ("eager", "optimized"):
+        served = handler.load_model(model_dir, "cpu", inference=mode)
+        times = []
+        for i in range(n + 3):
             t0 = time.perf_counter()
-            served.model(x)
-            fwd.append(time.perf_counter() - t0)
-    for _ in range(n):
-        t0 = time.perf_counter()
-        req = handler.input_fn(body, "image/jpeg")
-        handler.output_fn(handler.predict_fn(req, served), "application/json")
-        full.append(time.perf_counter() - t0)
-    return {"threads": threads, "forward_p50_ms": 1e3 * statistics.median(fwd),
-            "handler_p50_ms": 1e3 * statistics.median(full)}
+            handler.predict_fn(handler.InferenceRequest([body]), served)
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        out[f"single_{mode}_ms"] = 1e3 * statistics.median(times)
+        out[f"path_{mode}"] = served.path.name
+    batches = 4
+    t0 = time.perf_counter()
+    for _ in range(batches):  # the optimised model of the last loop, as served
+        handler.predict_batch([handler.InferenceRequest([body]) for _ in range(16)], served)
+    out["batched16_img_s"] = 16 * batches / (time.perf_counter() - t0)
+    return out
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from imgclf import resources
     tmp = tempfile.mkdtemp(prefix="bench-serve-")
     model_dir = args.model_dir or os.path.join(tmp, "model")
     if not args.model_dir:
@@ -167,11 +174,10 @@ def main(argv=None) -> int:
     if args.workers:
         env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(args.workers)
     log_path = os.path.join(tmp, "serve.log")
-    results: dict = {"arch": args.arch, "image_size": args.image_size, "jpeg_bytes": len(body),
-                     "cpus": len(os.sched_getaffinity(0))}
-    cpus = results["cpus"]
-    planned = args.workers or min(cpus, 4)  # serve's CPU default (server.plan_workers)
-    results["in_process_before"] = in_process(model_dir, body, max(1, cpus // planned))
+    cpus = resources.cpu_count()
+    r: dict = {"arch": args.arch, "image_size": args.image_size, "jpeg_bytes": len(body),
+               "cpus": cpus}
+    before = in_process(model_dir, body, cpus)
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "imgclf.serving.server"], env=env,
@@ -188,54 +194,55 @@ def main(argv=None) -> int:
             except OSError:
                 pass
             time.sleep(0.05)
-        results["cold_start_ping_s"] = time.perf_counter() - t0
+        r["cold_start_ping_s"] = time.perf_counter() - t0
         post(http.client.HTTPConnection("127.0.0.1", port, timeout=120), body)
-        results["cold_start_first_prediction_s"] = time.perf_counter() - t0
+        r["cold_start_first_answer_s"] = time.perf_counter() - t0
         with open(log_path) as f:
-            plan = [line for line in f if "starting MMS with" in line]
-        results["workers"] = plan[0].split("starting MMS with ")[1].split(";")[0] if plan else "?"
-        results["served"] = [load(port, body, c, args.requests) for c in args.concurrency]
-        with open(log_path) as f:
-            mms = [line for line in f if "Inference address: http://127.0.0.1:" in line]
-        if mms:  # the same requests straight to MMS's loopback port: what the gate costs
-            mms_port = int(mms[0].rsplit(":", 1)[1])
-            results["direct_to_mms"] = load(mms_port, body, 1, args.requests)
+            text = f.read()
+        plan = [line for line in text.splitlines() if "starting MMS with" in line]
+        r["workers"] = plan[0].split("starting MMS with ")[1].split(";")[0] if plan else "?"
+        paths = sorted(set(re.findall(r"inference path: (\S+)", text)))
+        r["served_path"] = ",".join(paths) or "?"
+        r["served"] = [load(port, body, c, args.requests) for c in args.concurrency]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    threads = int(results["workers"].split(" x ")[1].split()[0]) if " x " in results["workers"] else 1
-    # The limit: measured twice (before too, see above) on a machine others may be using; the
-    # faster run is the closer estimate.
-    after = in_process(model_dir, body, threads)
-    before = results.pop("in_process_before")
-    results["in_process"] = min(before, after, key=lambda r: r["forward_p50_ms"]) \
-        if before["threads"] == threads else after
-    served_p50 = results["served"][0]["p50_ms"]
-    results["served_over_forward"] = served_p50 / results["in_process"]["forward_p50_ms"]
-
+    after = in_process(model_dir, body, cpus)
+    ip = {k: (min(before[k], after[k]) if k.endswith("_ms") else
+              max(before[k], after[k]) if k.endswith("_s") else after[k]) for k in after}
+    r["in_process"] = ip
     shutil.rmtree(tmp, ignore_errors=True)
-    results["loadavg_1m"] = os.getloadavg()[0]
-    r = results
+    r["loadavg_1m"] = os.getloadavg()[0]
+    by_c = {s["concurrency"]: s for s in r["served"]}
     print(f"\nserving benchmark: {r['arch']} {r['image_size']}px, one {r['jpeg_bytes'] // 1024} KB "
-          f"640x480 JPEG, {r['cpus']} CPUs, workers: {r['workers']}")
-    print(f"cold start: /ping 200 after {r['cold_start_ping_s']:.1f} s, first prediction after "
-          f"{r['cold_start_first_prediction_s']:.1f} s")
-    print(f"{'concurrency':>11} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")
-    for s in r["served"]:
-        print(f"{s['concurrency']:>11} {s['requests']:>8} {s['p50_ms']:>8.1f} {s['p99_ms']:>8.1f} "
-              f"{s['req_per_s']:>7.1f}")
-    if "direct_to_mms" in r:
-        d = r["direct_to_mms"]
-        print(f"{'1, no gate':>11} {d['requests']:>8} {d['p50_ms']:>8.1f} {d['p99_ms']:>8.1f} "
-              f"{d['req_per_s']:>7.1f}   (straight to MMS on loopback: the gate's cost)")
-    ip = r["in_process"]
-    print(f"in-process ({ip['threads']} thread(s), like one worker): forward {ip['forward_p50_ms']:.1f}"
-          f" ms, whole handler (decode+preprocess+forward+JSON) {ip['handler_p50_ms']:.1f} ms")
-    print(f"served p50 at concurrency 1 / forward p50 = {r['served_over_forward']:.2f}x")
-    print(f"(1-minute load average at the end: {r['loadavg_1m']:.1f} on {r['cpus']} CPUs)")
+          f"500x375 JPEG per request, {cpus} CPUs (cgroup-aware), served: {r['workers']}, "
+          f"path {r['served_path']}")
+    rows = [
+        ("in-process single, eager", f"{ip['single_eager_ms']:.1f} ms", ""),
+        ("in-process single, optimised", f"{ip['single_optimized_ms']:.1f} ms",
+         f"{ip['single_eager_ms'] / ip['single_optimized_ms']:.2f}x eager (goal >= 1.3x)"),
+        ("in-process batched limit (16)", f"{ip['batched16_img_s']:.1f} img/s", ""),
+    ]
+    if 1 in by_c:
+        c1 = by_c[1]
+        rows.append(("served p50 / p99, c=1", f"{c1['p50_ms']:.1f} / {c1['p99_ms']:.1f} ms",
+                     f"{c1['p50_ms'] / ip['single_optimized_ms']:.2f}x in-process single "
+                     f"(goal <= 1.15x)"))
+    for c, srv in sorted(by_c.items()):
+        if c == 1:
+            continue
+        rows.append((f"served, c={c}", f"{srv['req_per_s']:.1f} img/s",
+                     f"{srv['req_per_s'] / ip['batched16_img_s']:.2f}x batched limit (goal >= 0.9x)"
+                     f"; p50 {srv['p50_ms']:.0f} ms"))
+    rows.append(("cold start: /ping 200", f"{r['cold_start_ping_s']:.1f} s", ""))
+    rows.append(("cold start: first answer", f"{r['cold_start_first_answer_s']:.1f} s", ""))
+    w = max(len(a) for a, _, _ in rows)
+    for a, b, c in rows:
+        print(f"  {a:<{w}}  {b:>16}  {c}")
+    print(f"(1-minute load average at the end: {r['loadavg_1m']:.1f} on {cpus} CPUs)")
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(r, f, indent=2)
     return 0
 
 

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -180,3 +181,22 @@ def host_server(model_dir: str, workers: int = 1, timeout_s: float = 240, **env)
             proc.wait(10)
         log.close()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# Fixtures shared by the in-process serving tests (import them by name into a test module).
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The machine is shared: several torch threads per test process oversubscribe the CPUs
+    (measured 8x slower training under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The trained colour model's artifact directory."""
+    d = tmp_path_factory.mktemp("model")
+    train_color_model(str(d))
+    return str(d)

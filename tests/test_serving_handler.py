@@ -1,5 +1,5 @@
 """In-process tests of the serving handler: model_fn/input_fn/predict_fn/output_fn, the
-Transformer's error mapping and the worker plan. The real MMS is in test_serving_server.py."""
+Transformer's batching and error mapping, the MMS config. The real MMS is in test_serving_server.py."""
 
 from __future__ import annotations
 
@@ -15,28 +15,12 @@ from mms.context import Context, RequestProcessor
 from imgclf.artifact import ArtifactError, ModelMeta, save_artifact
 from imgclf.models import build_model
 from imgclf.serving import content_types, handler, handler_service, server
+from imgclf.serving.plan import plan_workers
 from imgclf.serving.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 from imgclf.serving.transformer import ImgclfTransformer
 from imgclf.transforms import preprocess_batch
-from serving_support import (CLASSES, color_image, dimension_bomb_png, encode, train_color_model,
-                             truncated_jpeg, ugly_images)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared: several torch threads per test process oversubscribe the CPUs
-    (measured 8x slower training under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model")
-    train_color_model(str(d))
-    return str(d)
+from serving_support import (CLASSES, color_image, dimension_bomb_png, encode, model_dir,  # noqa: F401
+                             one_thread, truncated_jpeg, ugly_images)
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +70,6 @@ def test_model_fn_refuses_broken_artifacts(tmp_path):
         handler.model_fn(str(tmp_path))
 
 
-def test_model_fn_marks_worker_ready(model_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv(handler.READY_DIR_ENV, str(tmp_path))
-    handler.model_fn(model_dir)
-    assert handler.ready_workers(str(tmp_path)) == [__import__("os").getpid()]
-
-
 # ------------------------------------------------------------------- content types and labels
 @pytest.mark.parametrize("content_type,fmt", [
     ("image/jpeg", "JPEG"), ("image/png", "PNG"), ("application/x-image", "JPEG"),
@@ -124,8 +102,8 @@ def test_json_forms_and_batch_order(served):
 
 def test_batch_is_one_forward_pass(served, monkeypatch):
     calls = []
-    forward = served.model.forward
-    monkeypatch.setattr(served.model, "forward", lambda x: calls.append(x.shape) or forward(x))
+    forward = served.path.forward
+    monkeypatch.setattr(served.path, "forward", lambda x: calls.append(x.shape) or forward(x))
     body = json.dumps([b64(encode(color_image(n))) for n in CLASSES])
     run(served, body, "application/json")
     assert calls == [torch.Size([3, 3, 32, 32])]
@@ -246,7 +224,8 @@ def transform(model_dir, body, headers, t=None):
 def test_transformer_success_and_short_json_errors(model_dir):
     img = encode(color_image("blue"))
     body, status, ctype = transform(model_dir, img, {"Content-Type": "image/jpeg"})
-    assert status == 200 and ctype == "application/json" and labels(body) == ["blue"]
+    assert status == 200 and labels(body) == ["blue"]
+    assert ctype is None  # no per-request header for MMS's reply decoder (see transformer)
     cases = [(b"", {"Content-Type": "image/jpeg"}, 400),
              (b"junk", {"Content-Type": "image/png"}, 400),
              (img, {"Content-Type": "text/plain"}, 415),
@@ -256,19 +235,51 @@ def test_transformer_success_and_short_json_errors(model_dir):
     for data, headers, code in cases:
         body, status, ctype = transform(model_dir, data, headers)
         doc = json.loads(body)
-        assert (status, doc["status"], ctype) == (code, code, "application/json"), (headers, body)
+        assert (status, doc["status"], ctype) == (code, code, None), (headers, body)
         assert "Traceback" not in body and len(body) < 400
 
 
-def test_transformer_hides_unexpected_errors(model_dir):
-    def boom(data, model):
+def test_transformer_hides_unexpected_errors(model_dir, monkeypatch):
+    def boom(requests, model):
         raise RuntimeError("secret internal detail")
     t = ImgclfTransformer()
     t.validate_and_initialize(model_dir, context(model_dir))
-    t._predict_fn = boom
+    monkeypatch.setattr(handler, "predict_batch", boom)
     body, status, _ = transform(model_dir, encode(color_image("red")), {"Content-Type": "image/jpeg"}, t)
     assert status == 500 and "Traceback" not in body and "secret" not in body
     assert "RuntimeError" in json.loads(body)["error"]
+
+
+def test_transformer_batch_each_request_its_own_headers_topk_and_error(model_dir, monkeypatch):
+    """What MMS hands a worker registered with a batch size: several requests, each with its
+    own headers. One forward for all good images; the bad image fails only its own request."""
+    t = ImgclfTransformer()
+    ctx = context(model_dir)
+    t.validate_and_initialize(model_dir, ctx)
+    order = ["green", None, "blue", "red", "red"]
+    attrs = ["topk=1", "", "topk=2", "", "topk=3"]
+    accept = ["application/json", "", "*/*", "text/csv", ""]
+    data, procs = [], []
+    for i, name in enumerate(order):
+        body = truncated_jpeg() if name is None else encode(color_image(name, seed=50 + i))
+        headers = {"Content-Type": "image/jpeg", "Accept": accept[i]}
+        if attrs[i]:
+            headers["X-Amzn-SageMaker-Custom-Attributes"] = attrs[i]
+        data.append({"body": body})
+        procs.append(RequestProcessor(headers))
+    ctx.request_processor = procs
+    calls = []
+    forward = t._model.path.forward
+    monkeypatch.setattr(t._model.path, "forward", lambda x: calls.append(x.shape[0]) or forward(x))
+    out = t.transform(data, ctx)
+    assert calls == [3]  # green, blue, red(k=3): one forward; the 406 one never decoded
+    status = [p.get_response_status_code() for p in procs]
+    assert status == [200, 400, 200, 406, 200]
+    assert labels(out[0]) == ["green"] and labels(out[2]) == ["blue"] and labels(out[4]) == ["red"]
+    ks = [len(json.loads(out[i])["predictions"][0]["topk"]) for i in (0, 2, 4)]
+    assert ks == [1, 2, 3]
+    assert "truncated" in json.loads(out[1])["error"]
+    assert all(p.get_response_headers() == {} for p in procs)  # see the transformer module
 
 
 def test_handler_service_module_has_exactly_one_class():
@@ -283,30 +294,8 @@ def test_inference_entry_point_exposes_the_contract():
         assert getattr(inference, name) is getattr(handler, name)
 
 
-# ------------------------------------------------------------------------------ worker plan
+# ----------------------------------------------------------------------------- MMS config
 GB = 2**30
-
-
-def test_worker_plan_cpu():
-    p = server.plan_workers(None, 50_000_000, cpus=2, gpu_mem=[], ram_bytes=24 * GB)
-    assert (p.workers, p.threads, p.gpus) == (2, 1, 0)
-    p = server.plan_workers(None, 50_000_000, cpus=16, gpu_mem=[], ram_bytes=64 * GB)
-    assert (p.workers, p.threads) == (4, 4)
-    p = server.plan_workers(None, 2 * GB, cpus=16, gpu_mem=[], ram_bytes=8 * GB)
-    assert p.workers == 1  # RAM-bound
-    assert server.plan_workers(3, 50_000_000, 2, [], 24 * GB).workers == 3
-
-
-def test_worker_plan_gpu_fits_memory():
-    # ResNet-50 (~100 MB) on one 16 GB T4 with 4 CPUs: CPU-bound at 4
-    p = server.plan_workers(None, 100_000_000, cpus=4, gpu_mem=[16 * GB], ram_bytes=16 * GB)
-    assert (p.workers, p.gpus) == (4, 1)
-    # a 2.5 GB ViT-H on the same GPU: 600 MB + 10 GB + 512 MB per copy -> only one fits
-    p = server.plan_workers(None, int(2.5 * GB), cpus=4, gpu_mem=[16 * GB], ram_bytes=16 * GB)
-    assert p.workers == 1
-    # 4 GPUs, 48 CPUs: 4 per GPU
-    p = server.plan_workers(None, 100_000_000, cpus=48, gpu_mem=[24 * GB] * 4, ram_bytes=192 * GB)
-    assert (p.workers, p.threads) == (16, 3)
 
 
 def test_mms_properties_honour_sagemaker_env(monkeypatch, tmp_path):
@@ -317,7 +306,7 @@ def test_mms_properties_honour_sagemaker_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", "9999")
     s = server.ServerSettings.from_env()
     assert (s.model_dir, s.port, s.workers) == (str(tmp_path), 9999, 5)
-    plan = server.plan_workers(s.workers, 1, 2, [], 8 * GB)
+    plan = plan_workers(s.workers, 1, 2, [], 8 * GB)
     props = dict(line.split("=", 1) for line in
                  server.mms_properties(1234, 1235, plan, s).splitlines())
     assert props["default_response_timeout_seconds"] == "17"  # not MMS's minutes key

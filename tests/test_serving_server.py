@@ -1,5 +1,6 @@
-"""The real server: ``python -m imgclf.serving.server`` (gate + multi-model-server + workers)
-on a free loopback port, with a colour model trained in the test. One server per module."""
+"""The real server: ``python -m imgclf.serving.server`` (front + multi-model-server + workers)
+on a free loopback port, with a colour model trained in the test. One server per module; the
+SIGTERM test runs last and stops it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKERS = 2
 PAYLOAD_MB = 1
+BODY_TIMEOUT_S = 8  # the drain test completes half-sent bodies within it
 START_TIMEOUT_S = 240  # shared 2-CPU machine: worker start (torch import + load) can be slow
 
 
@@ -39,7 +42,8 @@ def serve_env(model_dir: str, port: int, run_dir: str | None = None, **extra) ->
     env = dict(os.environ, SM_MODEL_DIR=model_dir, SAGEMAKER_BIND_TO_PORT=str(port),
                IMGCLF_BIND_HOST="127.0.0.1", PYTHONPATH=os.path.join(REPO, "code"),
                SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
-               SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_MB), **extra)
+               SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_MB),
+               IMGCLF_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S), **extra)
     if run_dir:
         env["IMGCLF_SERVE_RUN_DIR"] = run_dir
     return env
@@ -55,14 +59,21 @@ def request(port, method, path, body=None, headers=None, timeout=60):
         conn.close()
 
 
-def invoke(port, body, content_type, **headers):
-    return request(port, "POST", "/invocations", body, {"Content-Type": content_type, **headers})
+def invoke(port, body, content_type, timeout=60, **headers):
+    return request(port, "POST", "/invocations", body, {"Content-Type": content_type, **headers},
+                   timeout=timeout)
 
 
 class Server:
     def __init__(self, proc, port, run_dir, cwd, log_path, pings, first_latency):
         self.proc, self.port, self.run_dir, self.cwd = proc, port, run_dir, cwd
         self.log_path, self.pings, self.first_latency = log_path, pings, first_latency
+
+    def proc_tree_root(self) -> int:
+        """The JVM's pid (the one child of serve that runs MMS)."""
+        kids = [p for p in psutil.Process(self.proc.pid).children()
+                if "com.amazonaws.ml.mms.ModelServer" in " ".join(p.cmdline())]
+        return kids[0].pid
 
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
@@ -136,12 +147,10 @@ def b64(data: bytes) -> str:
 # ----------------------------------------------------------------------------- readiness
 def test_ping_is_503_until_every_worker_is_warm(server):
     assert server.pings[-1] == 200
-    assert 503 in server.pings, server.pings  # the gate answered while the workers loaded
+    assert 503 in server.pings, server.pings  # the front answered while the workers loaded
     assert 200 not in server.pings[:-1]
     status, ctype, body = request(server.port, "GET", "/ping")
     assert status == 200 and json.loads(body)["workers"] == WORKERS
-    ready = os.listdir(os.path.join(server.run_dir, "ready"))
-    assert len([f for f in ready if f.endswith(".ready")]) == WORKERS
 
 
 def test_first_invocation_after_ping_pays_no_loading(server):
@@ -152,6 +161,7 @@ def test_first_invocation_after_ping_pays_no_loading(server):
 def test_logs_go_to_stdout_and_nothing_is_written_to_cwd(server):
     log = server.log()
     assert "Model server started" in log and "loaded and warm" in log
+    assert f"model registered: {WORKERS} worker(s), batches of up to" in log
     assert os.listdir(server.cwd) == []
 
 
@@ -219,18 +229,117 @@ def test_bad_input_short_json_then_worker_survives(server, case):
     assert status == 200 and labels(resp) == ["blue"]
 
 
-def test_sixteen_concurrent_clients_all_correct(server):
-    jobs = [CLASSES[i % 3] for i in range(64)]
+def test_concurrent_requests_share_batched_forwards_and_one_bad_image_fails_alone(server):
+    """48 clients at once, each its own colour and top-k, one truncated JPEG among them: every
+    answer is its own image's, only the bad one fails, forwards were shared (the batch-size
+    header), and /ping still answers fast meanwhile."""
+    jobs = [(CLASSES[i % 3], 1 + i % 3) for i in range(48)]
+    bad = 17
 
     def one(i):
-        name = jobs[i]
-        status, _, body = invoke(server.port, encode(color_image(name, seed=400 + i)), "image/jpeg")
-        return status, body, name
+        name, k = jobs[i]
+        body = truncated_jpeg() if i == bad else encode(color_image(name, seed=400 + i))
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        try:
+            conn.request("POST", "/invocations", body, {
+                "Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": f"topk={k}"})
+            resp = conn.getresponse()
+            return resp.status, resp.getheader("Content-Type"), json.loads(resp.read())
+        finally:
+            conn.close()
 
-    with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(one, range(len(jobs))))
-    assert all(s == 200 for s, _, _ in results), [b for s, b, _ in results if s != 200][:3]
-    assert [labels(b)[0] for _, b, _ in results] == jobs
+    with ThreadPoolExecutor(48) as pool:
+        futures = [pool.submit(one, i) for i in range(len(jobs))]
+        t0 = time.monotonic()
+        ping = request(server.port, "GET", "/ping", timeout=10)[0]
+        ping_s = time.monotonic() - t0
+        results = [f.result() for f in futures]
+    assert ping == 200 and ping_s < 2.0, ping_s
+    for i, (status, ctype, doc) in enumerate(results):
+        assert ctype == "application/json"
+        if i == bad:
+            assert status == 400 and "truncated" in doc["error"], doc
+            continue
+        name, k = jobs[i]
+        assert status == 200, doc
+        assert doc["predictions"][0]["label"] == name and len(doc["predictions"][0]["topk"]) == k
+    shared = re.findall(r"one forward for (\d+) requests", server.log())
+    assert shared and max(map(int, shared)) > 1, shared  # some requests shared a forward
+
+
+# The framing corpus: each must be refused with 400 before anything reaches MMS; the front
+# keeps serving after each. (RFC 9112 6.3: a message with both lengths, or with invalid or
+# conflicting Content-Length, must not be forwarded.)
+HEAD = "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+FRAMING = {
+    "te_and_cl": HEAD + "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "te_and_two_cl": HEAD + "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n"
+                            "Content-Length: 7\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "two_cl_differ": HEAD + "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "two_cl_same": HEAD + "Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    "cl_list": HEAD + "Content-Length: 5, 5\r\n\r\nhello",
+    "cl_alpha": HEAD + "Content-Length: abc\r\n\r\n",
+    "cl_negative": HEAD + "Content-Length: -5\r\n\r\n",
+    "cl_plus": HEAD + "Content-Length: +5\r\n\r\nhello",
+    "chunk_negative": HEAD + "Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
+    "chunk_huge": HEAD + "Transfer-Encoding: chunked\r\n\r\n" + "f" * 24 + "\r\nhello\r\n0\r\n\r\n",
+    "chunk_not_hex": HEAD + "Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    "chunk_ext_ctl": HEAD + "Transfer-Encoding: chunked\r\n\r\n5;\x01\r\nhello\r\n0\r\n\r\n",
+    "te_not_chunked": HEAD + "Transfer-Encoding: gzip\r\n\r\nhello",
+    "te_xchunked": HEAD + "Transfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "te_twice": HEAD + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       "5\r\nhello\r\n0\r\n\r\n",
+    "space_before_colon": HEAD + "Content-Length : 5\r\n\r\nhello",
+    "obs_fold": HEAD + "X-A: b\r\n c\r\nContent-Length: 5\r\n\r\nhello",
+    "nul_in_value": HEAD + "X-A: a\x00b\r\nContent-Length: 0\r\n\r\n",
+    "bare_lf": "POST /invocations HTTP/1.1\nHost: x\nContent-Length: 5\n\nhello",
+    "bad_request_line": "POST /invocations HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+    "long_header_line": HEAD + "X-A: " + "a" * 9000 + "\r\n\r\n",
+    "header_flood": HEAD + "".join(f"X-{i}: v\r\n" for i in range(200)) + "Content-Length: 0\r\n\r\n",
+    "oversized_head": HEAD + "".join(f"X-{i}: {'v' * 4000}\r\n" for i in range(40)) + "\r\n",
+}
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 20) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+@pytest.mark.parametrize("name", sorted(FRAMING))
+def test_malformed_framing_is_400_json_and_the_server_keeps_serving(server, name):
+    raw = raw_exchange(server.port, FRAMING[name].encode("latin-1"))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400", raw[:300]
+    doc = json.loads(body)
+    assert doc["status"] == 400 and doc["error"] and len(body) < 300
+    # raw_exchange returned: the front closed the connection (nothing after it is parsed)
+    status, _, resp = invoke(server.port, encode(color_image("green")), "image/jpeg")
+    assert status == 200 and labels(resp) == ["green"]
+
+
+def test_slow_body_is_408_and_an_oversized_one_413_before_it_is_sent(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall((HEAD + "Content-Length: 1000\r\n\r\n").encode() + b"x" * 10)
+        t0 = time.monotonic()
+        raw = s.recv(65536)  # the answer comes at the timeout (the close after aiohttp's linger)
+        waited = time.monotonic() - t0
+        while b"}" not in raw:
+            raw += s.recv(65536)
+    assert raw.split(b" ")[1] == b"408", raw[:200]
+    assert json.loads(raw.partition(b"\r\n\r\n")[2])["status"] == 408
+    assert BODY_TIMEOUT_S - 0.5 < waited < BODY_TIMEOUT_S + 5
+    # 413 on the head alone: the client has not sent (and never sends) the body
+    raw = raw_exchange(server.port, (HEAD + f"Content-Length: {PAYLOAD_MB * 2**20 + 1}\r\n\r\n")
+                       .encode())
+    assert raw.split(b" ")[1] == b"413" and b'"status": 413' in raw
+    status, _, resp = invoke(server.port, encode(color_image("blue")), "image/jpeg")
+    assert status == 200 and labels(resp) == ["blue"]
 
 
 def test_chunked_bodies_and_their_limit(server):
@@ -261,35 +370,62 @@ def test_keep_alive_connection_serves_many_requests(server):
     conn.close()
 
 
-def test_ping_tells_the_truth_when_workers_die(server):
-    """Kill every worker that holds the model: /ping goes 503 (MMS alone would still say 200)
-    until MMS has restarted them and they have reloaded; then requests work again."""
-    from imgclf.serving.handler import ready_workers
-    ready_dir = os.path.join(server.run_dir, "ready")
-    pids = ready_workers(ready_dir)
+def test_requests_recover_when_the_worker_processes_die(server):
+    """Kill every process that holds the model (what the OOM killer picks): MMS reconnects, its
+    listener forks new ones, a request sent meanwhile waits for the reload and is answered."""
+    from imgclf.serving.server import model_workers
+    pids = model_workers(server.proc_tree_root())
     assert len(pids) == WORKERS
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=10)
-    codes, deadline = [], time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        codes.append(request(server.port, "GET", "/ping")[0])
-        if codes[-1] == 200:
-            break
-        time.sleep(0.2)
-    assert codes[0] == 503 and codes[-1] == 200, codes
-    assert not set(pids) & set(ready_workers(ready_dir))
-    status, _, body = invoke(server.port, encode(color_image("red")), "image/jpeg")
+    status, _, body = invoke(server.port, encode(color_image("red")), "image/jpeg", timeout=120)
     assert status == 200 and labels(body) == ["red"]
+    new = model_workers(server.proc_tree_root())
+    assert len(new) == WORKERS and not set(pids) & set(new)
+    assert request(server.port, "GET", "/ping")[0] == 200
 
 
 # ---------------------------------------------------------------------- shutdown (run last)
-def test_sigterm_stops_server_and_all_workers(server):
+def test_sigterm_drains_requests_in_flight_then_stops_server_and_all_workers(server):
+    """Six requests in flight (their bodies half sent) when SIGTERM arrives: the listener
+    closes at once, all six are answered 200 after the signal, then MMS and its workers stop."""
     tree = psutil.Process(server.proc.pid).children(recursive=True)
     names = " ".join(" ".join(p.cmdline()) for p in tree)
     assert "com.amazonaws.ml.mms.ModelServer" in names and "model_service_worker" in names
     assert len(tree) >= 1 + WORKERS
+    bodies = [encode(color_image(CLASSES[i % 3], seed=900 + i)) for i in range(6)]
+    socks = []
+    for body in bodies:
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        s.sendall((HEAD + f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:len(body) // 2])
+        socks.append(s)
+    time.sleep(0.3)  # the front has read every head
     server.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the listening socket goes away first
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+        except OSError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("still accepting connections 10 s after SIGTERM")
+    answers = []
+    for s, body in zip(socks, bodies):
+        s.sendall(body[len(body) // 2:])
+    for s in socks:
+        raw = b""
+        while b"\r\n\r\n" not in raw or not raw.endswith(b"}"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+        s.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        doc = json.loads(body)
+        answers.append((head.split(b" ")[1], doc["predictions"][0]["label"] if "predictions" in doc else doc))
+    assert answers == [(b"200", CLASSES[i % 3]) for i in range(6)]
     assert server.proc.wait(60) == 0
     _, alive = psutil.wait_procs(tree, timeout=10)
     alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
@@ -300,6 +436,7 @@ def test_sigterm_stops_server_and_all_workers(server):
             leftovers.append(p.info["cmdline"])
     assert not leftovers
     assert "SIGTERM received" in server.log() and "workers stopped" in server.log()
+    assert "draining 6 request(s) in flight" in server.log()
 
 
 # ------------------------------------------------------------------- pre-flight (no MMS)

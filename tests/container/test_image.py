@@ -111,3 +111,15 @@ def test_entrypoint_without_command_is_usage_error(image):
     p = docker("run", "--rm", "--entrypoint", "/usr/local/bin/imgclf-entrypoint", image, check=False,
                timeout=120)
     assert p.returncode == 2 and "usage" in p.stderr
+
+
+def test_tini_is_pid_1_and_reaps_orphans(image):
+    """PID 1 is tini (the image's ENTRYPOINT), not the command: it forwards SIGTERM and collects
+    orphaned grandchildren, so no zombie outlives its parent."""
+    p = sh(image, "tr '\\0' ' ' < /proc/1/cmdline; echo; echo SELF=$$; "
+                  "sh -c 'sleep 0.2 & exit 0'; sleep 1; "  # the sleep is orphaned, then exits
+                  "ps -eo stat= | grep -c '^Z' || true")
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].startswith("/usr/bin/tini -- /usr/local/bin/imgclf-entrypoint"), lines
+    assert lines[1] != "SELF=1"
+    assert lines[-1] == "0", p.stdout  # no zombies

@@ -92,6 +92,51 @@ def test_bad_requests_get_4xx_without_traceback(endpoint, body, content_type, ex
     assert "Traceback" not in text and len(text) < 2000
 
 
+def get_json(url: str):
+    status, raw = local_mode.request(url)
+    return status, json.loads(raw)
+
+
+def test_execution_parameters(endpoint):
+    status, doc = get_json(endpoint + "/execution-parameters")
+    assert status == 200
+    assert doc["BatchStrategy"] == "SINGLE_RECORD" and doc["MaxPayloadInMB"] == 6
+    assert isinstance(doc["MaxConcurrentTransforms"], int) and doc["MaxConcurrentTransforms"] >= 1
+
+
+def test_batch_mode_limits_ping_and_sigterm_under_tini(image, trained, sample_data):
+    """docker run -e SAGEMAKER_BATCH=true -e SAGEMAKER_MAX_PAYLOAD_IN_MB=150 ...: the payload limit
+    is capped at 100 MB, /ping answers within 2 s, tini is PID 1 and `docker stop` is clean."""
+    port = free_port()
+    name = f"imgclf-serve-batch-{port}"
+    docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080",
+           "-e", "SAGEMAKER_BATCH=true", "-e", "SAGEMAKER_MAX_PAYLOAD_IN_MB=150",
+           "-v", f"{trained['model']}:/opt/ml/model:ro", image, "serve")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        local_mode.wait(url, timeout=120)
+        status, doc = get_json(url + "/execution-parameters")
+        assert status == 200 and doc["MaxPayloadInMB"] == 100, doc
+        assert doc["BatchStrategy"] == "SINGLE_RECORD" and doc["MaxConcurrentTransforms"] >= 1
+        t0 = time.monotonic()
+        assert local_mode.request(url + "/ping")[0] == 200
+        assert time.monotonic() - t0 < 2
+        img = local_mode.held_out_images(sample_data / "test", 1)[0]
+        status, raw = local_mode.request(url + "/invocations", img.read_bytes(), "image/jpeg")
+        assert status == 200, raw[:300]
+        pid1 = docker("exec", name, "cat", "/proc/1/cmdline").stdout.replace("\0", " ")
+        assert pid1.startswith("/usr/bin/tini -- /usr/local/bin/imgclf-entrypoint serve"), pid1
+        t0 = time.monotonic()
+        docker("stop", "-t", "30", name)
+        assert time.monotonic() - t0 < 25  # SIGTERM handled, not the SIGKILL after 30 s
+        state = json.loads(docker("inspect", name).stdout)[0]["State"]
+        assert state["ExitCode"] == 0, state
+        logs = docker("logs", name).stdout
+        assert "batch transform mode" in logs and "MMS and its workers stopped" in logs
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
 def test_docker_run_serve_as_the_readme_shows(image, trained, sample_data):
     """docker run -p 127.0.0.1:PORT:8080 -v MODEL:/opt/ml/model:ro IMAGE serve"""
     port = free_port()

@@ -38,6 +38,7 @@ import threading
 import time
 from typing import Optional
 
+from imgclf import resources
 from imgclf.callbacks import Callback, TrainContext
 
 from .rules import ISSUES_FOUND, NO_ISSUES_FOUND, NOT_EVALUATED, json_safe
@@ -60,10 +61,7 @@ DEFAULTS = {
 
 
 def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # macOS
-        return os.cpu_count() or 1
+    return resources.cpu_count()  # the one definition, cgroup quota aware
 
 
 # ---------------------------------------------------------------------------------------------

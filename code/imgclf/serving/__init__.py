@@ -6,8 +6,12 @@ One module per concern of the serving contract:
 - ``content_types``    accepted request types, ``Accept`` negotiation, custom attributes
 - ``errors``           exceptions mapped to HTTP status codes (400/406/413/415)
 - ``handler``          ``model_fn`` / ``input_fn`` / ``predict_fn`` / ``output_fn``
-- ``transformer``      the toolkit ``Transformer`` wired to ``handler``, short JSON errors
+- ``transformer``      the toolkit ``Transformer`` wired to ``handler``: batched requests, short
+                       JSON errors
 - ``handler_service``  the one class MMS loads in each worker
-- ``gate``             the HTTP front on the public port: /ping 503 until every worker is warm
+- ``plan``             workers x torch threads that fit the container's CPUs / GPUs
+- ``fastpath``         the inference path chosen at load (optimised, checked against eager)
+- ``front``            the HTTP front on the public port (aiohttp): truthful /ping, framing and
+                       size checks, /execution-parameters, draining on SIGTERM
 - ``server``           ``python -m imgclf.serving.server``: pre-flight check, MMS, signals
 """

@@ -37,7 +37,7 @@ import torch
 
 from imgclf.artifact import ArtifactError, ModelMeta, load_artifact
 from imgclf.images import ImageDecodeError
-from imgclf.serving import content_types, settings
+from imgclf.serving import content_types, fastpath, plan, settings
 from imgclf.serving.errors import BadRequest, PayloadTooLarge
 from imgclf.transforms import eval_transform, load_uint8, normalize
 
@@ -48,14 +48,17 @@ log = logging.getLogger(__name__)
 class ServedModel:
     """What ``model_fn`` returns: the eval-mode network plus what is needed to feed it."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # the eager network (weights, parameter count)
     meta: ModelMeta
     device: torch.device
     transform: object = field(repr=False, default=None)
+    path: fastpath.InferencePath | None = field(repr=False, default=None)  # None: eager
 
     def __post_init__(self):
         if self.transform is None:
             self.transform = eval_transform(self.meta.image_size, self.meta.resize_size)
+        if self.path is None:
+            self.path = fastpath.InferencePath(self.model, "eager")
 
 
 @dataclass
@@ -83,56 +86,28 @@ def _device(context) -> torch.device:
     return torch.device(f"cuda:{int(gpu_id or 0)}")
 
 
-def load_model(model_dir: str, device: str | torch.device = "cpu", warm: bool = True) -> ServedModel:
-    """Load the artifact and, with ``warm``, run the whole pipeline once on a synthetic image.
+def load_model(model_dir: str, device: str | torch.device = "cpu", warm: bool = True,
+               inference: str | None = None) -> ServedModel:
+    """Load the artifact, choose the inference path (:mod:`imgclf.serving.fastpath`;
+    ``inference``: "optimized" or "eager", default IMGCLF_INFERENCE) and, with ``warm``, run the
+    whole pipeline once on a synthetic image.
 
     Warming pays the lazy costs (first forward, allocator, codec imports, cuDNN autotune) here,
     at worker start, not in the first request.
     """
-    threads = os.environ.get("IMGCLF_TORCH_THREADS")
-    if threads:
-        torch.set_num_threads(max(1, int(threads)))
+    plan.apply_threads(os.environ)  # the thread plan serve set for the workers
     model, meta = load_artifact(model_dir, str(device))
-    served = ServedModel(model, meta, torch.device(device))
+    device = torch.device(device)
+    path = fastpath.choose(model, meta.image_size, device, inference)
+    log.info("inference path: %s%s", path.name, f" ({path.detail})" if path.detail else "")
+    served = ServedModel(model, meta, device, path=path)
     if warm:
         check_model(served)
     return served
 
 
 def model_fn(model_dir: str, context=None) -> ServedModel:
-    served = load_model(model_dir, _device(context))
-    mark_ready()
-    return served
-
-
-#: Set by ``serve``: each MMS worker leaves ``<pid>.ready`` there once its model is loaded and
-#: warm. MMS itself reports workers healthy before they have loaded anything.
-READY_DIR_ENV = "IMGCLF_READY_DIR"
-
-
-def mark_ready() -> None:
-    ready_dir = os.environ.get(READY_DIR_ENV)
-    if ready_dir:
-        path = os.path.join(ready_dir, f"{os.getpid()}.ready")
-        with open(path + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.replace(path + ".tmp", path)
-
-
-def ready_workers(ready_dir: str) -> list[int]:
-    """PIDs of workers that marked themselves ready and are still alive."""
-    pids = []
-    for name in os.listdir(ready_dir) if os.path.isdir(ready_dir) else []:
-        if name.endswith(".ready") and name[:-6].isdigit():
-            pid = int(name[:-6])
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                continue
-            except PermissionError:
-                pass
-            pids.append(pid)
-    return pids
+    return load_model(model_dir, _device(context))
 
 
 def synthetic_jpeg(size: int = 256, color=(128, 64, 32)) -> bytes:
@@ -208,6 +183,11 @@ def _parse_json(body) -> tuple[list[bytes], int | None]:
 
 def input_fn(input_data, content_type: str | None, context=None) -> InferenceRequest:
     """Parse the body into raw images and top-k; 400/413/415 on bad input (see module doc)."""
+    return parse_request(input_data, content_type, _request_headers(context))
+
+
+def parse_request(input_data, content_type: str | None, headers: dict) -> InferenceRequest:
+    """:func:`input_fn` for one request whose headers are given (one item of an MMS batch)."""
     if input_data is None or len(input_data) == 0:
         raise BadRequest("empty request body")
     if len(input_data) > settings.max_payload_bytes():  # bytes, bytearray (MMS) or str (JSON)
@@ -218,7 +198,6 @@ def input_fn(input_data, content_type: str | None, context=None) -> InferenceReq
         head = bytes(input_data[:64]).lstrip() if not isinstance(input_data, str) else input_data
         if head[:1] in (b"{", b"[", b'"', "{", "[", '"'):
             kind = "json"  # sniffed: a JSON document sent as octet-stream
-    headers = _request_headers(context)
     content_types.negotiate(content_types.header(headers, "Accept"))  # 406 before any work
     header_k = content_types.topk_from_custom_attributes(
         content_types.header(headers, content_types.CUSTOM_ATTRIBUTES_HEADER))
@@ -231,8 +210,8 @@ def input_fn(input_data, content_type: str | None, context=None) -> InferenceReq
 
 
 # -------------------------------------------------------------------------------- predict_fn
-def preprocess(images: list[bytes], served: ServedModel) -> torch.Tensor:
-    """Decode, resize, crop and normalise exactly as evaluation does (uint8 batch, then float)."""
+def decode(images: list[bytes], served: ServedModel) -> list[torch.Tensor]:
+    """Decode, resize and crop exactly as evaluation does (uint8 CHW each); 400 for a bad image."""
     meta = served.meta
     tensors = []
     for i, data in enumerate(images):
@@ -241,17 +220,53 @@ def preprocess(images: list[bytes], served: ServedModel) -> torch.Tensor:
         except ImageDecodeError as e:
             where = f"image {i}: " if len(images) > 1 else ""
             raise BadRequest(f"{where}{e}") from None
-    batch = torch.stack(tensors).to(served.device, non_blocking=True)
-    return normalize(batch, meta.mean, meta.std)
+    return tensors
+
+
+def preprocess(images: list[bytes], served: ServedModel) -> torch.Tensor:
+    """Decoded images as one normalised float batch on the model's device."""
+    batch = torch.stack(decode(images, served)).to(served.device, non_blocking=True)
+    return normalize(batch, served.meta.mean, served.meta.std)
+
+
+def forward(served: ServedModel, uint8_batch: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (N, C) on CPU for a uint8 batch (N, 3, H, W)."""
+    batch = normalize(uint8_batch.to(served.device, non_blocking=True), served.meta.mean,
+                      served.meta.std)
+    with torch.inference_mode():
+        logits = served.path.forward(batch)
+    return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def _prediction(probs: torch.Tensor, data: InferenceRequest, served: ServedModel) -> Prediction:
+    k = data.topk if data.topk is not None else settings.default_topk()
+    return Prediction(probs, served.meta.classes, min(k, len(served.meta.classes)))
 
 
 def predict_fn(data: InferenceRequest, model: ServedModel, context=None) -> Prediction:
-    batch = preprocess(data.images, model)
-    with torch.inference_mode():
-        logits = model.model(batch)
-    probs = torch.softmax(logits.float(), dim=1).cpu()
-    k = data.topk if data.topk is not None else settings.default_topk()
-    return Prediction(probs, model.meta.classes, min(k, len(model.meta.classes)))
+    return _prediction(forward(model, torch.stack(decode(data.images, model))), data, model)
+
+
+def predict_batch(requests: list[InferenceRequest], served: ServedModel
+                  ) -> list[Prediction | BadRequest]:
+    """Several requests in ONE forward. A request with an undecodable image gets its BadRequest
+    in its place; the others are predicted as if alone."""
+    decoded: list[list[torch.Tensor] | BadRequest] = []
+    for req in requests:
+        try:
+            decoded.append(decode(req.images, served))
+        except BadRequest as e:
+            decoded.append(e)
+    tensors = [t for d in decoded if not isinstance(d, BadRequest) for t in d]
+    probs = forward(served, torch.stack(tensors)) if tensors else None
+    out, start = [], 0
+    for req, d in zip(requests, decoded):
+        if isinstance(d, BadRequest):
+            out.append(d)
+            continue
+        out.append(_prediction(probs[start:start + len(d)], req, served))
+        start += len(d)
+    return out
 
 
 # --------------------------------------------------------------------------------- output_fn

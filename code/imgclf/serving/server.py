@@ -1,18 +1,22 @@
-"""``serve``: check the model, start multi-model-server behind the gate, stop it cleanly.
+"""``serve``: check the model, start multi-model-server behind the front, stop it cleanly.
 
     SM_MODEL_DIR=local/demo/model SAGEMAKER_BIND_TO_PORT=8080 python -m imgclf.serving.server
 
 1. Pre-flight: load the artifact on CPU and run a synthetic image through the handler. A
    missing or broken model exits 2 with the reason, before any port is bound, so SageMaker marks
    the endpoint failed instead of routing traffic to a dead model.
-2. Bind the public port with :mod:`imgclf.serving.gate` (/ping answers 503 for now).
+2. Bind the public port with :mod:`imgclf.serving.front` (/ping answers 503 for now).
 3. Start MMS (the JVM, as ``multi-model-server --start`` would, minus its global pid file) on
    loopback ports, in its own process group, with a config written to a private run directory
    (never /etc or the working directory), logs to stdout, and the handler service of this
-   package. Workers load and warm the model in ``initialize``.
-4. When every worker has loaded and warmed the model (each leaves a marker file; MMS's own
-   status says "Healthy" long before), /ping turns 200: the first request pays no loading.
-5. SIGTERM/SIGINT (or MMS dying) stops the JVM and every worker process of its group.
+   package. The model is registered through MMS's management API with the batch size and
+   delay (IMGCLF_MAX_BATCH_SIZE / IMGCLF_MAX_BATCH_DELAY_MS) and the workers of the thread plan
+   (:mod:`imgclf.serving.plan`). Workers load and warm the model in ``initialize``.
+4. When every worker is READY in the management API (MMS's own /ping says "Healthy" long
+   before), /ping turns 200: the first request pays no loading.
+5. SIGTERM/SIGINT: the front stops accepting and lets requests in flight finish (up to
+   IMGCLF_DRAIN_GRACE_S), then the JVM and every worker process of its group are stopped.
+   MMS dying stops the server too.
 
 Exit status: 0 after SIGTERM/SIGINT, 1 if MMS fails or never gets healthy, 2 for a bad model or
 configuration.
@@ -35,8 +39,10 @@ from dataclasses import dataclass
 
 import psutil
 
-from imgclf.serving import handler
-from imgclf.serving.gate import Gate
+from imgclf import resources
+from imgclf.serving import content_types, handler
+from imgclf.serving.front import Front
+from imgclf.serving.plan import WorkerPlan, plan_workers, worker_env
 from imgclf.serving.settings import ServerSettings
 
 log = logging.getLogger("imgclf.serving.server")
@@ -45,81 +51,7 @@ HANDLER_SERVICE = "imgclf.serving.handler_service"
 MMS_MAIN_CLASS = "com.amazonaws.ml.mms.ModelServer"
 LOG4J_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.xml")
 CODE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MAX_DEFAULT_WORKERS = 4
-CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuDNN/cuBLAS handles per worker, measured ~0.5 GB
-ACTIVATION_BYTES = 512 * 2**20  # inference activations of a batch of a few 224px images
 STOP_GRACE_S = 10
-
-
-# ------------------------------------------------------------------------------ worker plan
-def cpu_count() -> int:
-    """CPUs this process may use: affinity mask, capped by a cgroup v2/v1 CPU quota."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
-
-
-def gpu_memory_bytes() -> list[int]:
-    """Total memory of each visible GPU via nvidia-smi (no CUDA context in this process)."""
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-        mem = [int(float(x)) * 2**20 for x in out.split() if x.strip()]
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() not in ("", "all"):
-        idx = [int(i) for i in visible.split(",") if i.strip().isdigit()]
-        if idx:  # GPU-/MIG- UUIDs: keep nvidia-smi's list rather than planning for no GPU
-            mem = [mem[i] for i in idx if i < len(mem)]
-    return mem
-
-
-@dataclass
-class WorkerPlan:
-    workers: int
-    threads: int  # torch intra-op threads per worker
-    gpus: int
-    reason: str
-
-
-def plan_workers(requested: int | None, model_bytes: int, cpus: int, gpu_mem: list[int],
-                 ram_bytes: int) -> WorkerPlan:
-    """Workers and threads per worker. Each worker holds its own copy of the model.
-
-    GPU: per GPU as many workers as fit in 80% of its memory (context + 4x weights + activations
-    each), at most 4 and at most the CPUs per GPU (each worker decodes images on a CPU).
-    CPU: one worker per CPU up to 4, the CPUs split between them as torch threads, and no more
-    workers than half the RAM holds.
-    """
-    if gpu_mem:
-        per_worker = CUDA_CONTEXT_BYTES + 4 * model_bytes + ACTIVATION_BYTES
-        fit = int(0.8 * min(gpu_mem) // per_worker)
-        if fit < 1:
-            log.warning("one model copy needs about %.1f GB but a GPU has %.1f GB",
-                        per_worker / 2**30, min(gpu_mem) / 2**30)
-        per_gpu = max(1, min(fit, MAX_DEFAULT_WORKERS, max(1, cpus // len(gpu_mem))))
-        workers = requested or per_gpu * len(gpu_mem)
-        if requested and -(-requested // len(gpu_mem)) > max(fit, 1):
-            log.warning("SAGEMAKER_MODEL_SERVER_WORKERS=%d puts %d model copies on a GPU where "
-                        "about %d fit", requested, -(-requested // len(gpu_mem)), fit)
-        reason = (f"{len(gpu_mem)} GPU(s) of {min(gpu_mem) / 2**30:.0f} GB, ~{per_worker / 2**30:.1f}"
-                  f" GB per worker, {cpus} CPUs")
-        return WorkerPlan(workers, max(1, cpus // workers), len(gpu_mem),
-                          "requested" if requested else reason)
-    per_worker_ram = 3 * model_bytes + 400 * 2**20  # weights, activations, torch runtime
-    by_ram = max(1, int(ram_bytes * 0.5 // per_worker_ram))
-    workers = requested or max(1, min(cpus, MAX_DEFAULT_WORKERS, by_ram))
-    reason = "requested" if requested else f"{cpus} CPUs, no GPU"
-    return WorkerPlan(workers, max(1, cpus // workers), 0, reason)
 
 
 # ----------------------------------------------------------------------------------- MMS
@@ -149,6 +81,7 @@ def mms_properties(inference_port: int, management_port: int, plan: WorkerPlan,
         "management_address": f"http://127.0.0.1:{management_port}",
         "default_service_handler": HANDLER_SERVICE,
         "default_workers_per_model": plan.workers,
+        "load_models": "",  # none at start: serve registers the model with its batch size
         "number_of_gpu": plan.gpus,
         # seconds; MMS's plain default_response_timeout is in MINUTES (x60 in ConfigManager),
         # so the toolkit's SAGEMAKER_MODEL_SERVER_TIMEOUT=60 means an hour there
@@ -170,15 +103,14 @@ def mms_command(config_file: str, s: ServerSettings, run_dir: str) -> list[str]:
             f"-Djava.io.tmpdir={run_dir}",  # worker unix sockets: private, no clash between servers
             *s.vmargs.split(),
             "-cp", f".:{os.path.join(mms_home, 'mms', 'frontend', '*')}", MMS_MAIN_CLASS,
-            "--python", sys.executable, "-f", config_file,
-            "-s", "/", "-m", f"model={os.path.abspath(s.model_dir)}"]
+            "--python", sys.executable, "-f", config_file, "-s", "/"]
 
 
 def mms_env(plan: WorkerPlan, run_dir: str) -> dict[str, str]:
     env = dict(os.environ)
     path = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = CODE_DIR + (os.pathsep + path if path else "")
-    env["OMP_NUM_THREADS"] = env["IMGCLF_TORCH_THREADS"] = str(plan.threads)
+    env.update(worker_env(plan))  # before any worker imports torch
     env["LOG_LOCATION"] = env["METRICS_LOCATION"] = env["TEMP"] = run_dir
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -226,6 +158,26 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) ->
         proc.wait()
 
 
+def model_workers(jvm_pid: int) -> list[int]:
+    """PIDs of the MMS worker processes that hold the model. MMS's Python worker is a listener
+    that forks one process per connection from the JVM; the forks load the model and answer."""
+    try:
+        tree = psutil.Process(jvm_pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    listeners, forks = set(), []
+    for p in tree:
+        try:
+            if "model_service_worker" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
+                if p.ppid() == jvm_pid:
+                    listeners.add(p.pid)
+                else:
+                    forks.append(p)
+        except psutil.Error:
+            pass
+    return [p.pid for p in forks if p.ppid() in listeners]
+
+
 def group_members(pgid: int) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter():
@@ -251,7 +203,7 @@ def reap_orphans(keep: int) -> None:
 def preflight(model_dir: str) -> int:
     """Load and check the artifact on CPU; returns the model's parameter+buffer bytes."""
     t0 = time.monotonic()
-    served = handler.load_model(model_dir, "cpu", warm=True)
+    served = handler.load_model(model_dir, "cpu", warm=True, inference="eager")  # workers choose
     size = sum(t.numel() * t.element_size() for t in
                list(served.model.parameters()) + list(served.model.buffers()))
     m = served.meta
@@ -262,6 +214,44 @@ def preflight(model_dir: str) -> int:
     return size
 
 
+async def wait_for_workers(front: Front, proc: subprocess.Popen, plan: WorkerPlan,
+                           s: ServerSettings, stop: asyncio.Event, t0: float) -> bool:
+    """Register the model once MMS's management API answers, then wait until every worker is
+    READY there (MMS reports READY only after ``initialize`` - load and warm - returned)."""
+    registered = False
+    probe_body = handler.synthetic_jpeg(64)
+    while not stop.is_set():
+        if proc.poll() is not None:
+            log.error("MMS exited with status %s", proc.returncode)
+            return False
+        if time.monotonic() - t0 > s.startup_timeout_s:
+            states = await front.worker_states()
+            log.error("%d of %d workers ready after %d s (SAGEMAKER_STARTUP_TIMEOUT); MMS says %r",
+                      sum(w.get("status") == "READY" for w in states), plan.workers,
+                      s.startup_timeout_s, states)
+            return False
+        if not registered:
+            try:
+                await front.register(os.path.abspath(s.model_dir), plan.workers, s.max_batch_size,
+                                     s.max_batch_delay_ms)
+                registered = True
+                log.info("model registered: %d worker(s), batches of up to %d, max delay %d ms",
+                         plan.workers, s.max_batch_size, s.max_batch_delay_ms)
+            except OSError:  # aiohttp.ClientConnectorError: MMS not listening yet
+                pass
+            except RuntimeError as e:
+                log.error("%s", e)
+                return False
+        elif (len(await front.ready_workers()) >= plan.workers
+              and await front.probe(probe_body, content_types.JPEG)):
+            return True
+        try:
+            await asyncio.wait_for(stop.wait(), 0.2)
+        except asyncio.TimeoutError:
+            pass
+    return False
+
+
 async def run(s: ServerSettings, plan: WorkerPlan, run_dir: str) -> int:
     inference_port = free_port(port_range=s.safe_port_range)
     management_port = inference_port
@@ -270,21 +260,19 @@ async def run(s: ServerSettings, plan: WorkerPlan, run_dir: str) -> int:
     config_file = s.mms_config_file or os.path.join(run_dir, "mms.properties")
     with open(config_file, "w") as f:
         f.write(mms_properties(inference_port, management_port, plan, s))
-    ready_dir = os.path.join(run_dir, "ready")
-    os.makedirs(ready_dir, exist_ok=True)
-    gate = Gate("127.0.0.1", inference_port, s.max_payload_bytes,
-                live_workers=lambda: len(handler.ready_workers(ready_dir)))
-    server = await asyncio.start_server(gate.handle, s.bind_host, s.port, limit=64 * 1024,
-                                        reuse_address=True)
-    log.info("listening on %s:%d (/ping 503 until the workers are warm)", s.bind_host, s.port)
+    jvm: list[int] = []  # the JVM's pid, once started
+    front = Front.from_settings(s, plan.workers, inference_port, management_port,
+                                live_workers=lambda: len(model_workers(jvm[0])) if jvm else 0)
+    await front.start(s.bind_host, s.port, s.drain_grace_s)
+    log.info("listening on %s:%d (/ping 503 until the workers are warm)%s", s.bind_host, s.port,
+             "; batch transform mode" if s.batch else "")
 
     cmd = mms_command(config_file, s, run_dir)
     log.info("starting MMS with %d worker(s) x %d thread(s) (%s); config %s", plan.workers,
              plan.threads, plan.reason, config_file)
-    env = mms_env(plan, run_dir)
-    env[handler.READY_DIR_ENV] = ready_dir
-    proc = subprocess.Popen(cmd, env=env, cwd=run_dir, start_new_session=True,
+    proc = subprocess.Popen(cmd, env=mms_env(plan, run_dir), cwd=run_dir, start_new_session=True,
                             preexec_fn=_die_with_parent)
+    jvm.append(proc.pid)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received = []
@@ -293,33 +281,28 @@ async def run(s: ServerSettings, plan: WorkerPlan, run_dir: str) -> int:
 
     t0, rc = time.monotonic(), 0
     try:
-        while not stop.is_set():
+        if await wait_for_workers(front, proc, plan, s, stop, t0):
+            front.ready = True
+            log.info("all %d worker(s) loaded and warm after %.1f s: /ping now 200",
+                     plan.workers, time.monotonic() - t0)
+        elif not stop.is_set():
+            rc = 1
+        while rc == 0 and not stop.is_set():
             if proc.poll() is not None:
                 log.error("MMS exited with status %s", proc.returncode)
                 rc = 1
                 break
-            if not gate.ready:
-                healthy, status = await gate.upstream_health()
-                loaded = len(handler.ready_workers(ready_dir))
-                if healthy and loaded >= plan.workers:
-                    gate.ready = True
-                    log.info("all %d worker(s) loaded and warm after %.1f s: /ping now 200",
-                             plan.workers, time.monotonic() - t0)
-                elif time.monotonic() - t0 > s.startup_timeout_s:
-                    log.error("%d of %d workers loaded after %d s (SAGEMAKER_STARTUP_TIMEOUT); "
-                              "MMS says %r", loaded, plan.workers, s.startup_timeout_s, status)
-                    rc = 1
-                    break
-            if os.getpid() == 1:
+            if os.getpid() == 1:  # no init in front of us (tini is PID 1 in the image)
                 reap_orphans(proc.pid)
             try:
-                await asyncio.wait_for(stop.wait(), 0.2 if not gate.ready else 2)
+                await asyncio.wait_for(stop.wait(), 2)
             except asyncio.TimeoutError:
                 pass
     finally:
         if received:
-            log.info("%s received: stopping", signal.Signals(received[0]).name)
-        server.close()
+            log.info("%s received: stopping (requests in flight get up to %d s)",
+                     signal.Signals(received[0]).name, s.drain_grace_s)
+        await front.stop()
         await loop.run_in_executor(None, stop_process_group, proc)
         log.info("MMS and its workers stopped")
     return rc
@@ -340,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error(msg)
         print(msg, file=sys.stderr, flush=True)
         return 2
-    plan = plan_workers(s.workers, model_bytes, cpu_count(), gpu_memory_bytes(),
+    plan = plan_workers(s.workers, model_bytes, resources.cpu_count(), resources.visible_gpus(),
                         psutil.virtual_memory().total)
     run_dir = s.run_dir or tempfile.mkdtemp(prefix="imgclf-serve-")
     os.makedirs(run_dir, exist_ok=True)

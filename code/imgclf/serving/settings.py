@@ -18,6 +18,12 @@ DEFAULT_TOPK = 5
 DEFAULT_MAX_IMAGES = 64  # images in one JSON request (one batch)
 DEFAULT_STARTUP_TIMEOUT_S = 600  # SAGEMAKER_STARTUP_TIMEOUT: MMS start + every worker warm
 DEFAULT_VMARGS = "-XX:-UseContainerSupport"  # the toolkit's default JVM arguments
+BATCH_TIMEOUT_S = 600  # batch transform waits up to 600 s for each invocation
+BATCH_MAX_PAYLOAD_MB = 100  # batch transform's MaxPayloadInMB ceiling
+DEFAULT_MAX_BATCH_SIZE = 16  # IMGCLF_MAX_BATCH_SIZE: requests MMS hands a worker at once
+DEFAULT_MAX_BATCH_DELAY_MS = 1  # IMGCLF_MAX_BATCH_DELAY_MS: see README "Serving" (measured)
+DEFAULT_DRAIN_GRACE_S = 30  # IMGCLF_DRAIN_GRACE_S: SIGTERM lets requests in flight finish
+DEFAULT_BODY_TIMEOUT_S = 30  # IMGCLF_BODY_TIMEOUT_S: a body slower than this gets 408
 
 
 def _int(name: str, default: int | None) -> int | None:
@@ -43,8 +49,20 @@ def max_images() -> int:
     return _int("IMGCLF_MAX_IMAGES", DEFAULT_MAX_IMAGES)
 
 
+def batch_mode() -> bool:
+    """``SAGEMAKER_BATCH=true``: batch transform is the caller (larger payloads, longer timeout)."""
+    return os.environ.get("SAGEMAKER_BATCH", "").strip().lower() in ("true", "1", "yes")
+
+
 def max_payload_bytes() -> int:
-    return _int("SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB) * 1024 * 1024
+    """SAGEMAKER_MAX_PAYLOAD_IN_MB (6 by default); in batch mode capped at 100 as batch transform's
+    MaxPayloadInMB is."""
+    mb = _int("SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB)
+    if mb < 1:
+        raise ValueError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={mb} must be >= 1")
+    if batch_mode():
+        mb = min(mb, BATCH_MAX_PAYLOAD_MB)
+    return mb * 1024 * 1024
 
 
 @dataclass
@@ -62,6 +80,11 @@ class ServerSettings:
     run_dir: str | None  # MMS config, JVM temp dir and worker sockets; None: a fresh temp dir
     mms_config_file: str | None  # None: <run_dir>/mms.properties
     safe_port_range: tuple[int, int] | None  # where internal ports may be taken
+    batch: bool  # SAGEMAKER_BATCH
+    max_batch_size: int
+    max_batch_delay_ms: int
+    drain_grace_s: int
+    body_timeout_s: int
 
     @classmethod
     def from_env(cls) -> "ServerSettings":
@@ -73,17 +96,28 @@ class ServerSettings:
         if spr:
             lo, _, hi = spr.partition("-")
             safe = (int(lo), int(hi or lo))
+        batch = batch_mode()
+        max_batch_size = _int("IMGCLF_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)
+        max_batch_delay_ms = _int("IMGCLF_MAX_BATCH_DELAY_MS", DEFAULT_MAX_BATCH_DELAY_MS)
+        if max_batch_size < 1 or max_batch_delay_ms < 0:
+            raise ValueError("IMGCLF_MAX_BATCH_SIZE must be >= 1 and IMGCLF_MAX_BATCH_DELAY_MS >= 0")
         return cls(
             model_dir=model_dir(),
             port=_int("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT),
             bind_host=os.environ.get("IMGCLF_BIND_HOST") or DEFAULT_BIND_HOST,
             workers=workers,
             timeout_s=_int("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS",
-                           _int("SAGEMAKER_MODEL_SERVER_TIMEOUT", DEFAULT_TIMEOUT_S)),
+                           _int("SAGEMAKER_MODEL_SERVER_TIMEOUT",
+                                BATCH_TIMEOUT_S if batch else DEFAULT_TIMEOUT_S)),
             max_payload_bytes=max_payload_bytes(),
             startup_timeout_s=_int("SAGEMAKER_STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT_S),
             vmargs=os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", DEFAULT_VMARGS),
             run_dir=os.environ.get("IMGCLF_SERVE_RUN_DIR") or None,
             mms_config_file=os.environ.get("IMGCLF_MMS_CONFIG_FILE") or None,
             safe_port_range=safe,
+            batch=batch,
+            max_batch_size=max_batch_size,
+            max_batch_delay_ms=max_batch_delay_ms,
+            drain_grace_s=_int("IMGCLF_DRAIN_GRACE_S", DEFAULT_DRAIN_GRACE_S),
+            body_timeout_s=_int("IMGCLF_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S),
         )

@@ -1,0 +1,306 @@
+"""The HTTP front on the public port (aiohttp server + aiohttp client to MMS on loopback).
+
+MMS answers its own ``/ping`` with 200 as soon as its port is bound - before any worker has
+loaded the model, and even when every worker is dead. SageMaker only reads the status code, so
+it would route traffic to a model that is not there. The front owns the public port from the
+first second and:
+
+- answers ``/ping`` 503 until the server marks it ready (every worker READY in MMS's management
+  API and a real prediction answered, see :meth:`Front.probe`), then 200 while at least one
+  worker is READY there and its process is alive (MMS keeps listing workers READY whose process
+  died and that it never restarts, measured with a model registered through the API);
+- answers ``GET /execution-parameters`` (batch transform) itself;
+- refuses ambiguous framing with 400 before anything is forwarded. aiohttp's parser (llhttp)
+  already refuses Transfer-Encoding together with Content-Length, duplicate or invalid
+  Content-Length, bad chunk sizes, over-long lines and more than ``MAX_HEADERS`` headers
+  (``tests/test_serving_front.py`` sends each); the front adds nothing it would have to keep
+  in step with the RFC;
+- refuses a body over the payload limit with 413 JSON before reading it (Content-Length), or as
+  soon as a chunked body passes the limit; a body that does not arrive within
+  ``body_timeout_s`` gets 408;
+- forwards everything else to MMS with a fresh body framing (Content-Length), hop-by-hop
+  headers dropped; an upstream keep-alive connection that went stale while idle is retried
+  once on a new one; anything unparseable from upstream is a 502 JSON;
+- on :meth:`Front.stop` stops accepting, lets requests in flight finish for a grace period,
+  then returns (the server stops MMS after that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import aiohttp
+import yarl
+from aiohttp import web
+
+log = logging.getLogger("imgclf.serving.front")
+
+MODEL_NAME = "model"
+MAX_HEADERS = 100  # aiohttp's parser answers 400 past this many header lines
+MAX_LINE = 8190  # request line and each header field (aiohttp's default, stated here on purpose)
+MAX_HEAD = 64 * 1024  # all header lines together: aiohttp has no such limit (100 x 8 KB passes)
+PING_TIMEOUT_S = 1.5  # SageMaker wants /ping within 2 s, batch transform too
+HOP_BY_HOP = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+    "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Expect"))
+
+
+def json_response(status: int, doc: dict) -> web.Response:
+    return web.Response(status=status, text=json.dumps(doc), content_type="application/json")
+
+
+def error(status: int, message: str) -> web.Response:
+    return json_response(status, {"error": message, "status": status})
+
+
+class JsonErrorHandler(web.RequestHandler):
+    """aiohttp's connection handler with its parse errors (the 400s for bad framing) answered as
+    short JSON like every other error here, instead of text that quotes the client's bytes."""
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: a response is on its way already
+            raise ConnectionError("response already started; cannot send the error")
+        if status >= 500:
+            log.error("error handling a request", exc_info=exc)
+            reason = "internal error"
+        else:  # llhttp's first line, without the quoted client bytes after it
+            reason = (message or "bad request").split("\n", 1)[0].split(": b'", 1)[0]
+            reason = reason.rstrip(": ")[:200]
+            log.info("refused a malformed request from %s: %s", request.remote, reason)
+        resp = error(status, reason)
+        resp.force_close()
+        return resp
+
+
+class Front:
+    def __init__(self, inference: str, management: str, max_body: int, workers: int,
+                 timeout_s: float, body_timeout_s: float = 30, model_name: str = MODEL_NAME,
+                 live_workers=None):
+        self.inference = inference.rstrip("/")  # http://127.0.0.1:PORT of MMS
+        self.management = management.rstrip("/")
+        self.max_body = max_body
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.model_name = model_name
+        # how many worker processes are alive now (None: trust MMS's list alone)
+        self.live_workers = live_workers
+        self.ready = False
+        self.in_flight = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self.grace_s = 30.0
+
+    @classmethod
+    def from_settings(cls, s, workers: int, inference_port: int, management_port: int,
+                      live_workers=None) -> "Front":
+        """The front ``serve`` runs (``s``: :class:`imgclf.serving.settings.ServerSettings`)."""
+        return cls(f"http://127.0.0.1:{inference_port}", f"http://127.0.0.1:{management_port}",
+                   s.max_payload_bytes, workers, s.timeout_s, s.body_timeout_s,
+                   live_workers=live_workers)
+
+    # ------------------------------------------------------------------------- upstream
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
+        return self._session
+
+    async def worker_states(self) -> list[dict]:
+        """MMS's workers of the model, ``[{"id", "status", ...}]``; [] when unknown."""
+        url = f"{self.management}/models/{self.model_name}"
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=PING_TIMEOUT_S)) as r:
+                if r.status != 200:
+                    return []
+                doc = await r.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return []
+        if isinstance(doc, list):  # MMS 1.1 describes a model as a one-element list
+            doc = doc[0] if doc else {}
+        return list(doc.get("workers") or []) if isinstance(doc, dict) else []
+
+    async def ready_workers(self) -> list[dict]:
+        return [w for w in await self.worker_states() if str(w.get("status")).upper() == "READY"]
+
+    async def probe(self, body: bytes, content_type: str) -> bool:
+        """One real prediction through MMS. MMS lists a worker READY as soon as its socket
+        connects, before the model load it sent has returned (measured: 6.7 s early), and a worker
+        still loading takes no requests: a 200 here means a worker has the model loaded."""
+        url = f"{self.inference}/predictions/{self.model_name}"
+        try:
+            async with self.session.post(url, data=body, headers={"Content-Type": content_type},
+                                         timeout=aiohttp.ClientTimeout(total=5)) as r:
+                await r.read()
+                return r.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def register(self, model_url: str, workers: int, batch_size: int,
+                       max_batch_delay_ms: int) -> None:
+        """Register the model through MMS's management API: the only way to give it a batch size
+        (models named at MMS start get batch_size 1). Returns once MMS accepted it; the workers
+        load in the background (``synchronous=false``)."""
+        params = {"url": model_url, "model_name": self.model_name, "initial_workers": str(workers),
+                  "batch_size": str(batch_size), "max_batch_delay": str(max_batch_delay_ms),
+                  "synchronous": "false", "response_timeout": str(int(self.timeout_s))}
+        async with self.session.post(f"{self.management}/models", params=params,
+                                     timeout=aiohttp.ClientTimeout(total=60)) as r:
+            text = await r.text()
+            if r.status >= 300:
+                raise RuntimeError(f"MMS refused the model registration: {r.status} {text[:300]}")
+
+    async def forward(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        # MMS only routes /invocations to a model named at its start; ours is registered through
+        # the management API (for its batch size), so requests go to its predictions API
+        query = request.raw_path.partition("?")[2]
+        url = yarl.URL(f"{self.inference}/predictions/{self.model_name}"
+                       + (f"?{query}" if query else ""), encoded=True)
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s + 10)
+        for attempt in (1, 2):
+            try:
+                async with self.session.request(request.method, url, headers=headers, data=body,
+                                                timeout=timeout, allow_redirects=False) as r:
+                    data = await r.read()
+                    out = [(k, v) for k, v in r.headers.items()
+                           if k.lower() not in HOP_BY_HOP and k.lower() != "content-type"]
+                    # every answer of the handler is JSON; the workers set no Content-Type (see
+                    # imgclf.serving.transformer on MMS's reply decoder) and MMS's own errors
+                    # are JSON too
+                    out.append(("Content-Type", "application/json"))
+                    return web.Response(status=r.status, body=data, headers=out)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+                # an idle keep-alive connection MMS closed meanwhile: once more on a new one
+                if attempt == 1:
+                    log.info("upstream connection failed (%s): retrying once", type(e).__name__)
+                    continue
+                log.warning("model server unreachable: %s", e)
+                return error(502, "model server unavailable")
+            except asyncio.TimeoutError:
+                return error(504, f"no answer from the model within {self.timeout_s:.0f} s")
+            except aiohttp.ClientResponseError as e:  # unparseable status line or headers
+                log.warning("bad response from the model server: %s", e)
+                return error(502, "bad response from the model server")
+            except aiohttp.ClientError as e:
+                log.warning("model server failed: %s", e)
+                return error(502, "model server unavailable")
+        raise AssertionError("unreachable")
+
+    # -------------------------------------------------------------------------- routes
+    async def ping(self, request: web.Request) -> web.Response:
+        if not self.ready:
+            return json_response(503, {"status": "Starting", "detail": "model workers are loading"})
+        n = len(await self.ready_workers())
+        if self.live_workers is not None:
+            n = min(n, self.live_workers())
+        doc = {"status": "Healthy" if n else "Unhealthy", "workers": n}
+        return json_response(200 if n else 503, doc)
+
+    async def execution_parameters(self, request: web.Request) -> web.Response:
+        """What batch transform asks before it starts sending records."""
+        return json_response(200, {"MaxConcurrentTransforms": self.workers,
+                                   "BatchStrategy": "SINGLE_RECORD",
+                                   "MaxPayloadInMB": self.max_body // 2**20})
+
+    async def read_body(self, request: web.Request) -> bytes | web.Response:
+        limit = self.max_body
+        if request.content_length is not None and request.content_length > limit:
+            return error(413, f"body of {request.content_length} bytes is over the limit of "
+                              f"{limit} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+        parts, total = [], 0
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                async for chunk in request.content.iter_any():
+                    total += len(chunk)
+                    if total > limit:
+                        return error(413, f"body is over the limit of {limit} bytes "
+                                          f"(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+                    parts.append(chunk)
+        except TimeoutError:
+            return error(408, f"the request body did not arrive within {self.body_timeout_s:g} s")
+        except aiohttp.http_exceptions.HttpProcessingError as e:  # bad chunk framing mid-body
+            return error(400, f"malformed body: {e.message}")
+        return b"".join(parts)
+
+    async def proxy(self, request: web.Request) -> web.StreamResponse:
+        body = await self.read_body(request)
+        if isinstance(body, web.Response):
+            return self._closing(body)
+        if not self.ready:
+            return error(503, "model workers are still loading; retry when /ping answers 200")
+        return await self.forward(request, body)
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        return self._closing(error(404, f"no such endpoint {request.method} {request.path}; "
+                                        "this server answers GET /ping, POST /invocations, "
+                                        "GET /execution-parameters"))
+
+    @staticmethod
+    def _closing(resp: web.Response) -> web.Response:
+        resp.force_close()  # the unread rest of the body must not be parsed as a request
+        return resp
+
+    @web.middleware
+    async def count(self, request: web.Request, handler):
+        head = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        if head > MAX_HEAD:
+            return self._closing(error(400, f"request head of {head} bytes is over the limit of "
+                                            f"{MAX_HEAD} bytes"))
+        self.in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.count], client_max_size=self.max_body)
+        app.router.add_route("GET", "/ping", self.ping)  # HEAD too (aiohttp adds it for GET)
+        app.router.add_route("GET", "/execution-parameters", self.execution_parameters)
+        app.router.add_route("POST", "/invocations", self.proxy)
+        app.router.add_route("*", "/{tail:.*}", self.not_found)
+        return app
+
+    # ---------------------------------------------------------------------- lifecycle
+    async def start(self, host: str, port: int, grace_s: float) -> None:
+        self.grace_s = grace_s
+        # shutdown_timeout: what aiohttp's own shutdown still waits once stop() has drained
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1,
+                                     handle_signals=False)
+        await self._runner.setup()
+        manager, loop = self._runner.server, asyncio.get_running_loop()
+        # web.TCPSite would serve aiohttp's own RequestHandler; the same manager with ours (the
+        # manager still tracks every connection, so the runner's shutdown sees them)
+        self._listener = await loop.create_server(
+            lambda: JsonErrorHandler(manager, loop=loop, access_log=None, max_headers=MAX_HEADERS,
+                                     max_line_size=MAX_LINE, max_field_size=MAX_LINE),
+            host, port, reuse_address=True)
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish (up to the grace period), close.
+
+        The drain is ours, before aiohttp's shutdown: that one stops reading from open
+        connections at once, so a request whose body was still arriving would time out."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        if self._listener is not None:
+            self._listener.close()  # no new connections; open ones finish their requests
+        if self.in_flight:
+            log.info("draining %d request(s) in flight", self.in_flight)
+        while self.in_flight and loop.time() - t0 < self.grace_s:
+            await asyncio.sleep(0.05)
+        if self.in_flight:
+            log.warning("%d request(s) still in flight after %g s: closing", self.in_flight,
+                        self.grace_s)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        log.info("front stopped after %.1f s of draining", loop.time() - t0)
