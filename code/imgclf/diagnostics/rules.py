@@ -442,8 +442,8 @@ ACTIVATION_TYPES = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "GELU"
 
 
 def _distributed() -> bool:
-    import torch.distributed as dist
-    return dist.is_available() and dist.is_initialized()
+    from imgclf.distributed import enabled   # imports torch: only where the loop runs
+    return enabled()
 
 
 class RulesCallback(Callback):
