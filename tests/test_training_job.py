@@ -188,3 +188,20 @@ def test_ddp_on_two_cpu_processes_with_gloo(tmp_path, color_data):
     assert "train=36 images" in r.stdout
     model, meta = load_artifact(str(tmp_path / "model"))
     assert meta.num_classes == 3
+
+
+def test_ddp_error_on_one_rank_ends_both_with_its_reason_without_a_hang(tmp_path, color_data):
+    # one unreadable image with batch size 1: the rank whose shard holds it fails (an empty
+    # batch under DDP), while the other rank waits in the gradient all-reduce
+    victim = color_data / "train" / "002.Green" / "002.Green_3.jpg"
+    victim.write_bytes(b"\xff\xd8 not a jpeg")
+    r = train_cli(tmp_path, "--data-dir", str(color_data), "--epochs", "2", "--processes-per-host",
+                  "2", "--master-port", str(_free_port()), "--max-bad-fraction", "1", *FAST_ARGS,
+                  "--batch-size", "1", "--image-size", "64", timeout=300)  # 64 px: BN sees 2x2
+    assert r.returncode != 0, r.stdout[-3000:]
+    failure = (tmp_path / "output" / "failure").read_text()
+    assert re.fullmatch(r"rank [01]: all 1 images of a train batch are unreadable \(e\.g\. .*"
+                        r"002\.Green_3\.jpg: .*\); remove them from the dataset", failure), failure
+    # every rank that reached its failure path reports that same first reason
+    reasons = set(re.findall(r"training failed: (.*)", r.stdout))
+    assert reasons == {failure}, (reasons, r.stdout[-4000:])
