@@ -205,3 +205,25 @@ def test_ddp_error_on_one_rank_ends_both_with_its_reason_without_a_hang(tmp_path
     # every rank that reached its failure path reports that same first reason
     reasons = set(re.findall(r"training failed: (.*)", r.stdout))
     assert reasons == {failure}, (reasons, r.stdout[-4000:])
+
+
+def test_a_failing_job_still_writes_both_reports_and_the_reason(tmp_path, color_data):
+    for i in range(4):   # too many unreadable images: the job fails after epoch 1's train pass
+        (color_data / "train" / "002.Green" / f"bad{i}.jpg").write_bytes(b"\xff\xd8 nope")
+    r = train_cli(tmp_path, "--data-dir", str(color_data), "--epochs", "3",
+                  "--max-bad-fraction", "0.05", "--profiler-interval", "0.2",
+                  "--profiler-trace-steps", "50", *FAST_ARGS)  # a trace window the job never ends
+    assert r.returncode == 1, r.stdout[-3000:]
+    failure = (tmp_path / "output" / "failure").read_text()
+    assert "train images read cannot be decoded" in failure
+    data = tmp_path / "output" / "data"
+    rules = json.loads((data / "rules_report.json").read_text())
+    assert rules["training_failed"].startswith("TrainingError: ") and "cannot be decoded" in rules["training_failed"]
+    assert rules["rules"]["LossNotDecreasing"]["evaluations"] + rules["rules"]["PoorWeightInitialization"]["evaluations"] >= 1
+    summary = json.loads((data / "profiler_summary.json").read_text())
+    assert summary["training_failed"] == rules["training_failed"]
+    assert summary["train_step_count"] == 2   # 40 images / batch 16 (drop_last), before the failure
+    html = (data / "profiler_report.html").read_text()
+    assert "Training failed" in html and "Training rules" in html
+    assert "training ended before the torch.profiler window" in r.stdout   # closed, not leaked
+    assert not (tmp_path / "model" / "model.json").exists()

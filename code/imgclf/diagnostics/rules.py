@@ -12,7 +12,7 @@ PoorWeightInitialization   threshold=10.0, distribution_range=0.001, patience=5,
 =========================  ====================================================================
 
 Each rule is a *core*: plain Python fed with observations (losses, gradient statistics,
-activation variances), returning an :class:`Evaluation` whenever it evaluates. Two drivers feed
+activation variances), returning a :class:`~.findings.Finding` whenever it evaluates. Two drivers feed
 the same cores, so the logic exists once:
 
 - :class:`RulesCallback` (this module), from the training loop's callback signals;
@@ -38,56 +38,23 @@ Every evaluation is logged on one stable line, e.g.::
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional
 
+from imgclf.atomic import atomic_write_json
 from imgclf.callbacks import Callback, TrainContext
+
+from .findings import ISSUES_FOUND, NO_ISSUES_FOUND, NOT_EVALUATED, Finding, overall_status
 
 log = logging.getLogger(__name__)
 
-ISSUES_FOUND = "IssuesFound"
-NO_ISSUES_FOUND = "NoIssuesFound"
-NOT_EVALUATED = "NotEvaluated"
-
 REPORT_FILE = "rules_report.json"
 
-
-@dataclass
-class Evaluation:
-    rule: str
-    step: int
-    issues: bool
-    values: dict = field(default_factory=dict)
-    message: str = ""
-    epoch: Optional[int] = None
-
-    @property
-    def status(self) -> str:
-        return ISSUES_FOUND if self.issues else NO_ISSUES_FOUND
-
-    def log_line(self) -> str:
-        parts = [f"rule={self.rule}", f"status={self.status}", f"step={self.step}"]
-        if self.epoch is not None:
-            parts.append(f"epoch={self.epoch}")
-        for k, v in self.values.items():
-            if isinstance(v, float):
-                v = f"{v:.6g}"
-            elif isinstance(v, (list, tuple, dict)):
-                continue
-            parts.append(f"{k}={v}")
-        if self.message:
-            parts.append(f'message="{self.message}"')
-        return " ".join(parts)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["status"] = self.status
-        return d
+#: One evaluation of a rule is a :class:`~.findings.Finding` (the model the profiler uses too).
+Evaluation = Finding
 
 
 def _finite(x: float) -> bool:
@@ -113,17 +80,16 @@ class RuleCore:
         self.params = dict(self.defaults)
         for k, v in params.items():
             self.params[k] = type(self.defaults[k])(v)   # "10" -> 10 (hyperparameters are text)
-        self.evaluations: list[Evaluation] = []
+        self.evaluations: list[Finding] = []
 
     def _emit(self, step: int, issues: bool, values: dict, message: str = "") -> Evaluation:
-        ev = Evaluation(self.name, int(step), bool(issues), values, message)
+        ev = Finding(self.name, int(step), bool(issues), values, message,
+                     parameters=self.params)
         self.evaluations.append(ev)
         return ev
 
     def status(self) -> str:
-        if not self.evaluations:
-            return NOT_EVALUATED
-        return ISSUES_FOUND if any(e.issues for e in self.evaluations) else NO_ISSUES_FOUND
+        return overall_status(self.evaluations)
 
 
 class LossNotDecreasing(RuleCore):
@@ -137,7 +103,7 @@ class LossNotDecreasing(RuleCore):
         self._prev_mean: Optional[float] = None
         self._best_mean: Optional[float] = None
 
-    def observe_loss(self, step: int, loss: float) -> Optional[Evaluation]:
+    def observe_loss(self, step: int, loss: float) -> Optional[Finding]:
         """One training loss (every step in the loop; every saved step offline)."""
         if self._window_start is None:
             self._window_start = step
@@ -171,7 +137,7 @@ class VanishingGradient(RuleCore):
     name = "VanishingGradient"
     defaults = {"threshold": 1e-7}
 
-    def observe_gradients(self, step: int, mean_abs: dict) -> Optional[Evaluation]:
+    def observe_gradients(self, step: int, mean_abs: dict) -> Optional[Finding]:
         """``mean_abs``: tensor name -> mean of the absolute gradient values."""
         if not mean_abs:
             return None
@@ -220,7 +186,7 @@ class Overfit(RuleCore):
         self._exceeded = 0
 
     def observe_phase(self, step: int, train_mean: Optional[float],
-                      valid_mean: Optional[float]) -> Optional[Evaluation]:
+                      valid_mean: Optional[float]) -> Optional[Finding]:
         if step < self.params["start_step"] or train_mean is None or valid_mean is None:
             return None
         if not (_finite(train_mean) and _finite(valid_mean)) or train_mean <= 0:
@@ -256,7 +222,7 @@ class Overtraining(RuleCore):
             self._since[key] += 1
 
     def observe_phase(self, step: int, train_mean: Optional[float],
-                      valid_mean: Optional[float]) -> Optional[Evaluation]:
+                      valid_mean: Optional[float]) -> Optional[Finding]:
         if train_mean is None and valid_mean is None:
             return None
         self._update("train", train_mean)
@@ -317,7 +283,7 @@ class PoorWeightInitialization(RuleCore):
         if _finite(p5) and _finite(p95):
             self._min_grad_range = min(self._min_grad_range, p95 - p5)
 
-    def observe_loss(self, step: int, loss: float) -> Optional[Evaluation]:
+    def observe_loss(self, step: int, loss: float) -> Optional[Finding]:
         self._mark(step)
         self._losses.append(float(loss))
         if step - self._first_step + 1 >= self.params["steps"]:
@@ -334,7 +300,7 @@ class PoorWeightInitialization(RuleCore):
                 since += 1
         return since
 
-    def evaluate(self, step: int) -> Optional[Evaluation]:
+    def evaluate(self, step: int) -> Optional[Finding]:
         """Evaluate once, on the first ``steps`` steps (called early if training ends sooner)."""
         if self.done or self._first_step is None:
             return None
@@ -423,13 +389,7 @@ def json_safe(obj):
 
 
 def write_report(report: dict, output_dir: str, filename: str = REPORT_FILE) -> str:
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, filename)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(json_safe(report), f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(os.path.join(output_dir, filename), json_safe(report), indent=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,9 +428,10 @@ class RulesCallback(Callback):
         self._output_dir: Optional[str] = None
         self._pending_stop: Optional[str] = None
         self._pending_rule = "unknown"
+        self._failure: Optional[str] = None
 
     # -- helpers ------------------------------------------------------------------------------
-    def _handle(self, ctx: TrainContext, ev: Optional[Evaluation]) -> None:
+    def _handle(self, ctx: TrainContext, ev: Optional[Finding]) -> None:
         if ev is None:
             return
         ev.epoch = self._epoch
@@ -621,6 +582,13 @@ class RulesCallback(Callback):
         self._write(ctx)
 
     def on_train_end(self, ctx: TrainContext, metrics: dict) -> None:
+        self._finish(ctx)
+
+    def on_exception(self, ctx: TrainContext, exc: BaseException) -> None:
+        self._finish(ctx, failure=f"{type(exc).__name__}: {exc}")
+
+    def _finish(self, ctx: TrainContext, failure: Optional[str] = None) -> None:
+        self._failure = failure
         pwi = self.cores.get("PoorWeightInitialization")
         if pwi is not None and not pwi.done:
             self._handle(ctx, pwi.evaluate(self._step))
@@ -634,11 +602,14 @@ class RulesCallback(Callback):
                      f" first_issue_step={issues[0].step}" if issues else "")
         path = self._write(ctx)
         if path:
-            log.info("rules: report written to %s", path)
+            log.info("rules: report written to %s%s", path,
+                     " (training failed: the rules saw the steps before the failure)"
+                     if failure else "")
 
     def report(self) -> dict:
         return build_report(self.cores, source="training-loop",
-                            extra={"stop_on": sorted(self.stop_on), "interval": self.interval})
+                            extra={"stop_on": sorted(self.stop_on), "interval": self.interval,
+                                   "training_failed": self._failure})
 
     def _write(self, ctx: TrainContext) -> Optional[str]:
         if not self._output_dir:
