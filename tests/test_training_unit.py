@@ -384,3 +384,38 @@ def test_sagemaker_checkpoints_go_to_one_folder_per_training_job(monkeypatch):
     monkeypatch.setenv("SM_MODEL_DIR", "/opt/ml/model")
     monkeypatch.setenv("TRAINING_JOB_NAME", "dogs-tune-007-abc")
     assert parse_args([]).checkpoint_dir == "/opt/ml/checkpoints/dogs-tune-007-abc"
+
+
+def _imagenet_shaped(arch):
+    """A random state_dict of the ImageNet file's shape (1000 classes, aux heads included)."""
+    import torchvision
+    return torchvision.models.get_model(arch, weights=None, num_classes=1000, aux_logits=True,
+                                        init_weights=False).state_dict()
+
+
+@pytest.mark.parametrize("arch,size", [("googlenet", 64), ("inception_v3", 80)])
+def test_aux_head_archs_load_imagenet_shaped_weights_from_a_file(tmp_path, arch, size):
+    state = _imagenet_shaped(arch)
+    assert any(k.startswith(("aux1.", "AuxLogits.")) for k in state)
+    torch.save(state, tmp_path / f"{arch}-imagenet.pth")
+    m = build_model(arch, 5, weights=str(tmp_path / f"{arch}-imagenet.pth")).eval()
+    first = next(iter(k for k in state if k.endswith("conv.weight")))
+    assert torch.equal(m.state_dict()[first], state[first])
+    assert m.transform_input and not m.aux_logits
+    with torch.no_grad():
+        assert m(torch.zeros(1, 3, size, size)).shape == (1, 5)
+    # serving rebuilds the same network from model.json and the artifact's state_dict
+    again = build_model(arch, 5, weights="none").eval()
+    again.load_state_dict(m.state_dict())
+    x = torch.rand(1, 3, size, size)
+    with torch.no_grad():
+        assert torch.allclose(again(x), m(x))
+
+
+def test_aux_head_arch_loads_the_imagenet_download(monkeypatch):
+    import torchvision.models._api as api
+    state = _imagenet_shaped("googlenet")
+    monkeypatch.setattr(api, "load_state_dict_from_url", lambda url, *a, **k: state)
+    m = build_model("googlenet", 4, weights="imagenet")
+    assert torch.equal(m.conv1.conv.weight, state["conv1.conv.weight"])
+    assert m.aux1 is None and m.fc.out_features == 4
