@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -111,11 +112,20 @@ class Stopped(TrainingError):
     other ranks of a failed job. Raised in the loop so the reports are still written."""
 
 
-def _raise_on_sigterm() -> None:
+@contextlib.contextmanager
+def raise_on_sigterm():
+    """SIGTERM raises :class:`Stopped` in the loop while training runs (main thread only);
+    the previous handler is back afterwards (in-process callers such as the benchmarks)."""
     def handler(signum, frame):
         raise Stopped(f"stopped by {signal.Signals(signum).name}")
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resume_state(args, classes, loaders, info) -> dict | None:
@@ -128,7 +138,6 @@ def resume_state(args, classes, loaders, info) -> dict | None:
 def run(args) -> int:
     info = distributed.init()
     setup_logging(info.is_main)
-    _raise_on_sigterm()
     device = (torch.device("cuda", info.local_rank) if torch.cuda.is_available()
               else torch.device("cpu"))
     seed_everything(args.seed + info.rank)
@@ -298,7 +307,8 @@ def main(argv=None) -> int:
         return code
     started = time.time()
     try:
-        return run(args)
+        with raise_on_sigterm():
+            return run(args)
     except Exception as e:
         # under DDP every rank reports the first rank's reason (see distributed.shared_failure)
         return fail(args.output_dir, e, reason=distributed.shared_failure)
