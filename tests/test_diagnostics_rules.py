@@ -109,11 +109,15 @@ def test_rule_params_override_and_validate():
 
 
 def test_loss_not_decreasing_core_windows_and_nan():
-    core = R.LossNotDecreasing(num_steps=2)
-    evs = [core.observe_loss(s, l) for s, l in enumerate([4, 4, 3, 3, 3, 3, 9, 9, math.nan, 1])]
-    got = [(e.step, e.issues) for e in evs if e]
+    losses = [4, 4, 3, 3, 3, 3, 9, 9, math.nan, 1]
+    core = R.LossNotDecreasing(num_steps=2, patience=1)    # AWS: every bad window counts
+    got = [(e.step, e.issues) for e in (core.observe_loss(s, l) for s, l in enumerate(losses)) if e]
     # window means 4 | 3 (ok) | 3 (no decrease) | 9 (rose above best) | nan (not finite)
     assert got == [(3, False), (5, True), (7, True), (9, True)]
+    core = R.LossNotDecreasing(num_steps=2)                 # default: 2 bad windows in a row
+    got = [(e.step, e.issues) for e in (core.observe_loss(s, l) for s, l in enumerate(losses)) if e]
+    assert got == [(3, False), (5, False), (7, True), (9, True)]
+    assert "(2 windows in a row)" in core.evaluations[2].message
     assert "not finite" in core.evaluations[-1].message
     line = core.evaluations[0].log_line()
     assert line.startswith("rule=LossNotDecreasing status=NoIssuesFound step=3 ")

@@ -33,6 +33,7 @@ class TrainContext:
     is_main: bool = True            # rank 0 (only it writes reports)
     num_classes: int = 0
     global_step: int = 0            # train steps done so far (survives resume)
+    steps_per_epoch: int = 0        # train steps per epoch (0 = unknown, e.g. offline)
     epoch: int = 0
     history: list = field(default_factory=list)   # per-epoch metric dicts so far
     stop_reason: Optional[str] = None             # set by a callback to stop training

@@ -194,7 +194,8 @@ def run(args) -> int:
     ctx = TrainContext(model=model, optimizer=optimizer, criterion=criterion, args=args,
                        device=device, output_dir=args.output_data_dir, is_main=info.is_main,
                        num_classes=len(classes), global_step=global_step,
-                       epoch=start_epoch - 1, history=history)
+                       steps_per_epoch=len(loaders["train"]), epoch=start_epoch - 1,
+                       history=history)
     callbacks = CallbackList(diagnostics.build_callbacks(args))
     norm = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
     fast = dict(amp_dtype=amp_dtype, channels_last=channels_last)

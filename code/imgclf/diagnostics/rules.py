@@ -5,8 +5,9 @@ and default thresholds (https://docs.aws.amazon.com/sagemaker/latest/dg/debugger
 
 =========================  ====================================================================
 LossNotDecreasing          num_steps=10, diff_percent=0.1, increase_threshold_percent=5
+                           (+ this project's start_step, patience=2: see the class)
 VanishingGradient          threshold=1e-7 (mean |gradient| of a tensor)
-Overfit                    start_step=0, patience=1, ratio_threshold=0.1
+Overfit                    start_step=0, patience=1 (here 2), ratio_threshold=0.1
 Overtraining               patience_train=5, patience_validation=10, delta=0.01
 PoorWeightInitialization   threshold=10.0, distribution_range=0.001, patience=5, steps=10
 =========================  ====================================================================
@@ -93,8 +94,15 @@ class RuleCore:
 
 
 class LossNotDecreasing(RuleCore):
+    """AWS's thresholds on consecutive ``num_steps`` windows of the training loss, plus two
+    departures measured with ``make bench-rules`` (README "Debugging and profiling"):
+    ``start_step`` (in the loop: the end of the learning-rate warmup, when the loss may rise by
+    design) and ``patience`` (that many bad windows in a row; one noisy window is not a trend).
+    A non-finite loss is an issue at once."""
+
     name = "LossNotDecreasing"
-    defaults = {"num_steps": 10, "diff_percent": 0.1, "increase_threshold_percent": 5.0}
+    defaults = {"num_steps": 10, "diff_percent": 0.1, "increase_threshold_percent": 5.0,
+                "start_step": 0, "patience": 2}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -102,9 +110,12 @@ class LossNotDecreasing(RuleCore):
         self._window_start: Optional[int] = None
         self._prev_mean: Optional[float] = None
         self._best_mean: Optional[float] = None
+        self._bad = 0
 
     def observe_loss(self, step: int, loss: float) -> Optional[Finding]:
         """One training loss (every step in the loop; every saved step offline)."""
+        if step < self.params["start_step"] and math.isfinite(loss):
+            return None
         if self._window_start is None:
             self._window_start = step
         self._window.append(float(loss))
@@ -121,15 +132,20 @@ class LossNotDecreasing(RuleCore):
             return None                  # first window: nothing to compare with yet
         decrease_pct = (prev - cur) / abs(prev) * 100.0 if prev else 0.0
         above_best_pct = (cur - best) / abs(best) * 100.0 if best else 0.0
+        p = self.params
+        if above_best_pct > p["increase_threshold_percent"]:
+            reason = f"loss rose above its best by more than {p['increase_threshold_percent']}%"
+        elif decrease_pct < p["diff_percent"]:
+            reason = f"loss decreased by less than {p['diff_percent']}% over {p['num_steps']} steps"
+        else:
+            reason = ""
+        self._bad = self._bad + 1 if reason else 0
         values = {"loss_mean": cur, "previous_loss_mean": prev,
-                  "decrease_percent": decrease_pct, "diff_percent": self.params["diff_percent"],
-                  "above_best_percent": above_best_pct}
-        if above_best_pct > self.params["increase_threshold_percent"]:
-            return self._emit(step, True, values, "loss rose above its best by more than "
-                              f"{self.params['increase_threshold_percent']}%")
-        if decrease_pct < self.params["diff_percent"]:
-            return self._emit(step, True, values, f"loss decreased by less than "
-                              f"{self.params['diff_percent']}% over {self.params['num_steps']} steps")
+                  "decrease_percent": decrease_pct, "diff_percent": p["diff_percent"],
+                  "above_best_percent": above_best_pct, "bad_windows_in_a_row": self._bad,
+                  "patience": p["patience"]}
+        if reason and self._bad >= p["patience"]:
+            return self._emit(step, True, values, f"{reason} ({self._bad} windows in a row)")
         return self._emit(step, False, values)
 
 
@@ -178,8 +194,13 @@ class PhaseTracker:
 
 
 class Overfit(RuleCore):
+    """AWS's ratio of (validation - training) loss to training loss, with two departures
+    measured with ``make bench-rules``: ``patience`` 2 validations (AWS: 1) and, in the loop,
+    ``start_step`` after the first epoch and the warmup - early on, batch-norm running
+    statistics lag behind the weights and inflate the validation loss of healthy runs."""
+
     name = "Overfit"
-    defaults = {"start_step": 0, "patience": 1, "ratio_threshold": 0.1}
+    defaults = {"start_step": 0, "patience": 2, "ratio_threshold": 0.1}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -417,6 +438,7 @@ class RulesCallback(Callback):
     def __init__(self, interval: int = 10, rule_params: Optional[dict] = None,
                  stop_on: Iterable[str] = (), enabled: Optional[Iterable[str]] = None):
         self.interval = max(1, int(interval))
+        self._explicit = dict(rule_params or {})
         self.cores = build_cores(rule_params, enabled)
         self.stop_on = {canonical_rule_name(n) for n in stop_on}
         self.phases = PhaseTracker()
@@ -498,7 +520,23 @@ class RulesCallback(Callback):
         self._act_handles = []
 
     # -- callback methods ---------------------------------------------------------------------
+    def _start_steps(self, ctx: TrainContext) -> None:
+        """Loop-only defaults of ``start_step`` (unless given with --rule-params): the loss may
+        rise during the LR warmup, and batch-norm statistics lag during the first epoch."""
+        args, spe = ctx.args, ctx.steps_per_epoch
+        if not spe:
+            return
+        warmup = 0
+        if getattr(args, "lr_schedule", None) == "cosine":
+            warmup = math.ceil(float(getattr(args, "warmup_epochs", 0) or 0) * spe)
+        starts = {"LossNotDecreasing": warmup, "Overfit": max(spe, warmup)}
+        for name, start in starts.items():
+            core = self.cores.get(name)
+            if core is not None and "start_step" not in self._explicit.get(name, {}):
+                core.params["start_step"] = start
+
     def on_train_begin(self, ctx: TrainContext) -> None:
+        self._start_steps(ctx)
         self._output_dir = ctx.output_dir if ctx.is_main else None
         if ctx.global_step > 0:   # resumed from a checkpoint
             if self.cores.pop("PoorWeightInitialization", None) is not None and ctx.is_main:
