@@ -97,7 +97,9 @@ class LossNotDecreasing(RuleCore):
     """AWS's thresholds on consecutive ``num_steps`` windows of the training loss, plus two
     departures measured with ``make bench-rules`` (README "Debugging and profiling"):
     ``start_step`` (in the loop: the end of the learning-rate warmup, when the loss may rise by
-    design) and ``patience`` (that many bad windows in a row; one noisy window is not a trend).
+    design) and ``patience`` (that many bad windows in a row; one noisy window is not a trend),
+    with the decrease measured against the best earlier window (smoothing: a flat loss whose
+    windows alternate up and down by noise is still "not decreasing").
     A non-finite loss is an issue at once."""
 
     name = "LossNotDecreasing"
@@ -114,7 +116,10 @@ class LossNotDecreasing(RuleCore):
 
     def observe_loss(self, step: int, loss: float) -> Optional[Finding]:
         """One training loss (every step in the loop; every saved step offline)."""
-        if step < self.params["start_step"] and math.isfinite(loss):
+        if not _finite(loss):
+            self._window, self._window_start = [], None
+            return self._emit(step, True, {"loss": float(loss)}, "loss is not finite")
+        if step < self.params["start_step"]:
             return None
         if self._window_start is None:
             self._window_start = step
@@ -130,8 +135,10 @@ class LossNotDecreasing(RuleCore):
         self._best_mean = cur if best is None or cur < best else best
         if prev is None or not _finite(prev):
             return None                  # first window: nothing to compare with yet
-        decrease_pct = (prev - cur) / abs(prev) * 100.0 if prev else 0.0
-        above_best_pct = (cur - best) / abs(best) * 100.0 if best else 0.0
+        # progress is measured against the best earlier window, not the previous one: a flat
+        # loss whose windows alternate up and down by noise still counts as not decreasing
+        decrease_pct = (best - cur) / abs(best) * 100.0 if best else 0.0
+        above_best_pct = -decrease_pct
         p = self.params
         if above_best_pct > p["increase_threshold_percent"]:
             reason = f"loss rose above its best by more than {p['increase_threshold_percent']}%"
