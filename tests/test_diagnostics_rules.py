@@ -227,3 +227,20 @@ def test_loop_start_steps_follow_the_warmup_and_the_first_epoch(tmp_path):
     cb.on_train_begin(ctx)
     assert cb.cores["LossNotDecreasing"].params["start_step"] == 0     # no warmup
     assert cb.cores["Overfit"].params["start_step"] == 0               # given explicitly
+
+
+def test_poor_init_ignores_the_loss_during_the_warmup_but_not_the_variances():
+    noisy = [1.38, 1.40, 1.39, 1.41, 1.385, 1.395, 1.40, 1.39, 1.41, 1.40]  # warmup: no progress
+    aws = R.PoorWeightInitialization()
+    here = R.PoorWeightInitialization(loss_start_step=10)
+    for core in (aws, here):
+        for step, loss in enumerate(noisy):
+            core.observe_gradient_range(step, -0.01, 0.01)
+            ev = core.observe_loss(step, loss)
+    assert aws.evaluations[0].issues and "no new minimum" in aws.evaluations[0].message
+    assert not here.evaluations[0].issues
+    bad = R.PoorWeightInitialization(loss_start_step=10)    # exploding init: still found
+    bad.observe_activation_variances(0, {"relu": 1.0, "layer4.relu": 5e4})
+    for step, loss in enumerate(noisy):
+        bad.observe_loss(step, loss)
+    assert bad.evaluations[0].issues and "variance differs" in bad.evaluations[0].message

@@ -272,8 +272,14 @@ class Overtraining(RuleCore):
 
 
 class PoorWeightInitialization(RuleCore):
+    """AWS's three signals over the first ``steps`` steps. Departure (``make bench-rules``): in
+    the loop the loss-stall signal ignores the steps of the learning-rate warmup
+    (``loss_start_step``): at a warmup's tiny learning rate a healthy run's mini-batch losses
+    are noise around the initial loss, and "no new minimum for 5 of 10 steps" is chance."""
+
     name = "PoorWeightInitialization"
-    defaults = {"threshold": 10.0, "distribution_range": 0.001, "patience": 5, "steps": 10}
+    defaults = {"threshold": 10.0, "distribution_range": 0.001, "patience": 5, "steps": 10,
+                "loss_start_step": 0}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -313,7 +319,8 @@ class PoorWeightInitialization(RuleCore):
 
     def observe_loss(self, step: int, loss: float) -> Optional[Finding]:
         self._mark(step)
-        self._losses.append(float(loss))
+        if step >= self.params["loss_start_step"]:
+            self._losses.append(float(loss))
         if step - self._first_step + 1 >= self.params["steps"]:
             return self.evaluate(step)
         return None
@@ -349,7 +356,7 @@ class PoorWeightInitialization(RuleCore):
         if self._min_grad_range < p["distribution_range"]:
             reasons.append(f"gradient 5th-95th percentile range {self._min_grad_range:.3g} "
                            f"< {p['distribution_range']:g}")
-        if stalled >= p["patience"]:
+        if self._losses and stalled >= p["patience"]:
             reasons.append(f"loss made no new minimum for {stalled} of the first "
                            f"{len(self._losses)} steps")
         return self._emit(step, bool(reasons), values, "; ".join(reasons))
@@ -536,11 +543,13 @@ class RulesCallback(Callback):
         warmup = 0
         if getattr(args, "lr_schedule", None) == "cosine":
             warmup = math.ceil(float(getattr(args, "warmup_epochs", 0) or 0) * spe)
-        starts = {"LossNotDecreasing": warmup, "Overfit": max(spe, warmup)}
-        for name, start in starts.items():
+        starts = {("LossNotDecreasing", "start_step"): warmup,
+                  ("Overfit", "start_step"): max(spe, warmup),
+                  ("PoorWeightInitialization", "loss_start_step"): warmup}
+        for (name, param), start in starts.items():
             core = self.cores.get(name)
-            if core is not None and "start_step" not in self._explicit.get(name, {}):
-                core.params["start_step"] = start
+            if core is not None and param not in self._explicit.get(name, {}):
+                core.params[param] = start
 
     def on_train_begin(self, ctx: TrainContext) -> None:
         self._start_steps(ctx)
