@@ -18,8 +18,10 @@ recipe; a few hundred images, a few epochs, ``--weights none``), and its ``rules
   exploding initialisation (batch-norm scales x10 in every block: PoorWeightInitialization).
   A broken run whose rule says anything but IssuesFound is a miss.
 
-Prints one line per run (statuses and first issues) and, per rule, false alarms / healthy runs
-and misses / broken runs that expect it. Not a test: figures on a shared machine are noisy in
+Every run also feeds a second set of rules with AWS's parameters (``RulesCallback(aws=True)``,
+``rules_report_aws.json``), so each departure is measured on the same losses. Prints one line
+per run (statuses and first issues) and, per rule, false alarms / healthy runs and misses /
+broken runs that expect it, AWS's parameters -> this project's. Not a test: figures on a shared machine are noisy in
 time, not in outcome (each run is seeded; CPU results are deterministic).
 """
 
@@ -120,6 +122,23 @@ def exploding_weights(path: str, num_classes: int = 4) -> str:
 
 
 @contextlib.contextmanager
+def with_aws_baseline():
+    """A second RulesCallback with AWS's parameters beside the project's, fed by the same run
+    (writes rules_report_aws.json): each departure's figure comes from the same losses."""
+    from imgclf import diagnostics
+    from imgclf.diagnostics.rules import RulesCallback
+    original = diagnostics.build_callbacks
+
+    def build(args):
+        return [*original(args), RulesCallback(aws=True, report_file="rules_report_aws.json")]
+    diagnostics.build_callbacks = build
+    try:
+        yield
+    finally:
+        diagnostics.build_callbacks = original
+
+
+@contextlib.contextmanager
 def frozen_weights():
     """Every parameter but the classifier's bias frozen (the loop then has nothing to learn)."""
     from imgclf import training
@@ -148,15 +167,17 @@ def run_one(name: str, data: dict, work: str) -> dict:
             *COMMON, *extra]
     log = io.StringIO()
     t0 = time.time()
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), with_aws_baseline(), \
             (frozen_weights() if freeze else contextlib.nullcontext()):
         code = training.main(argv)
     with open(os.path.join(out, "train.log"), "w") as f:
         f.write(log.getvalue())
-    report_path = os.path.join(out, "data", "rules_report.json")
-    report = json.load(open(report_path)) if os.path.isfile(report_path) else {"rules": {}}
-    return {"name": name, "exit": code, "seconds": time.time() - t0, "expect": expect,
-            "rules": {r: report["rules"].get(r, {}) for r in RULES}}
+    result = {"name": name, "exit": code, "seconds": time.time() - t0, "expect": expect}
+    for key, file in (("rules", "rules_report.json"), ("aws", "rules_report_aws.json")):
+        path = os.path.join(out, "data", file)
+        report = json.load(open(path)) if os.path.isfile(path) else {"rules": {}}
+        result[key] = {r: report["rules"].get(r, {}) for r in RULES}
+    return result
 
 
 def summarise(results: list[dict]) -> None:
@@ -180,14 +201,16 @@ def summarise(results: list[dict]) -> None:
             if fi:
                 print(f"  {r['name']:24s} {rule:24s} step {fi['step']} epoch {fi.get('epoch')}: "
                       f"{fi['message'][:110]}")
-    print(f"\n{'rule':26s} {'false alarms':>14s} {'misses':>10s}")
+    print(f"\n{'rule':26s} {'false alarms (AWS -> here)':>28s} {'misses (AWS -> here)':>22s}")
     healthy = [r for r in results if not r["expect"]]
     for rule in RULES:
-        fa = sum(r["rules"][rule].get("status") == "IssuesFound" for r in healthy)
+        def count(runs, key, want):
+            return sum((r[key][rule].get("status") == "IssuesFound") == want for r in runs)
         broken = [r for r in results if rule in r["expect"]]
-        miss = sum(r["rules"][rule].get("status") != "IssuesFound" for r in broken)
-        print(f"{rule:26s} {fa:>6d} of {len(healthy):<5d} "
-              + (f"{miss:>4d} of {len(broken)}" if broken else "       n/a"))
+        fa = f"{count(healthy, 'aws', True)} -> {count(healthy, 'rules', True)} of {len(healthy)}"
+        miss = (f"{count(broken, 'aws', False)} -> {count(broken, 'rules', False)} of {len(broken)}"
+                if broken else "n/a")
+        print(f"{rule:26s} {fa:>28s} {miss:>22s}")
 
 
 def main(argv=None) -> int:
@@ -211,7 +234,8 @@ def main(argv=None) -> int:
         r = run_one(n, data, os.path.join(work, "runs"))
         results.append(r)
         print(f"{n}: exit {r['exit']}, {r['seconds']:.0f}s, " + ", ".join(
-            f"{k}={v.get('status')}" for k, v in r["rules"].items()), flush=True)
+            f"{k}={v.get('status')} (AWS {r['aws'][k].get('status')})"
+            for k, v in r["rules"].items()), flush=True)
     summarise(results)
     if a.json:
         with open(a.json, "w") as f:

@@ -72,6 +72,8 @@ class RuleCore:
 
     name = ""
     defaults: dict = {}
+    #: parameters that restore AWS's behaviour where this project departs from it
+    AWS: dict = {}
 
     def __init__(self, **params):
         unknown = set(params) - set(self.defaults)
@@ -104,7 +106,9 @@ class LossNotDecreasing(RuleCore):
 
     name = "LossNotDecreasing"
     defaults = {"num_steps": 10, "diff_percent": 0.1, "increase_threshold_percent": 5.0,
-                "start_step": 0, "patience": 2}
+                "start_step": 0, "patience": 2, "compare_best": 1}
+    #: AWS's behaviour: every window judged alone against the previous one
+    AWS = {"patience": 1, "compare_best": 0}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -137,8 +141,9 @@ class LossNotDecreasing(RuleCore):
             return None                  # first window: nothing to compare with yet
         # progress is measured against the best earlier window, not the previous one: a flat
         # loss whose windows alternate up and down by noise still counts as not decreasing
-        decrease_pct = (best - cur) / abs(best) * 100.0 if best else 0.0
-        above_best_pct = -decrease_pct
+        ref = best if self.params["compare_best"] else prev
+        decrease_pct = (ref - cur) / abs(ref) * 100.0 if ref else 0.0
+        above_best_pct = (cur - best) / abs(best) * 100.0 if best else 0.0
         p = self.params
         if above_best_pct > p["increase_threshold_percent"]:
             reason = f"loss rose above its best by more than {p['increase_threshold_percent']}%"
@@ -208,6 +213,7 @@ class Overfit(RuleCore):
 
     name = "Overfit"
     defaults = {"start_step": 0, "patience": 2, "ratio_threshold": 0.1}
+    AWS = {"patience": 1}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -450,8 +456,15 @@ class RulesCallback(Callback):
     """
 
     def __init__(self, interval: int = 10, rule_params: Optional[dict] = None,
-                 stop_on: Iterable[str] = (), enabled: Optional[Iterable[str]] = None):
+                 stop_on: Iterable[str] = (), enabled: Optional[Iterable[str]] = None,
+                 aws: bool = False, report_file: str = REPORT_FILE):
+        """``aws=True``: AWS's parameters and none of the loop's start steps (the baseline
+        ``make bench-rules`` compares with), e.g. with ``report_file="rules_report_aws.json"``."""
         self.interval = max(1, int(interval))
+        self.aws, self.report_file = aws, report_file
+        if aws:
+            rule_params = {n: {**c.AWS, **(rule_params or {}).get(n, {})}
+                           for n, c in RULE_CLASSES.items()}
         self._explicit = dict(rule_params or {})
         self.cores = build_cores(rule_params, enabled)
         self.stop_on = {canonical_rule_name(n) for n in stop_on}
@@ -538,7 +551,7 @@ class RulesCallback(Callback):
         """Loop-only defaults of ``start_step`` (unless given with --rule-params): the loss may
         rise during the LR warmup, and batch-norm statistics lag during the first epoch."""
         args, spe = ctx.args, ctx.steps_per_epoch
-        if not spe:
+        if not spe or self.aws:
             return
         warmup = 0
         if getattr(args, "lr_schedule", None) == "cosine":
@@ -668,4 +681,4 @@ class RulesCallback(Callback):
     def _write(self, ctx: TrainContext) -> Optional[str]:
         if not self._output_dir:
             return None
-        return write_report(self.report(), self._output_dir)
+        return write_report(self.report(), self._output_dir, self.report_file)
