@@ -227,6 +227,11 @@ def test_loop_start_steps_follow_the_warmup_and_the_first_epoch(tmp_path):
     cb.on_train_begin(ctx)
     assert cb.cores["LossNotDecreasing"].params["start_step"] == 0     # no warmup
     assert cb.cores["Overfit"].params["start_step"] == 0               # given explicitly
+    ctx.args = SimpleNamespace(lr_schedule="cosine", warmup_epochs=2.0)
+    aws = R.RulesCallback(aws=True, report_file="rules_report_aws.json")   # bench-rules' baseline
+    aws.on_train_begin(ctx)
+    assert aws.cores["Overfit"].params == {"start_step": 0, "patience": 1, "ratio_threshold": 0.1}
+    assert aws.cores["LossNotDecreasing"].params["patience"] == 1
 
 
 def test_poor_init_ignores_the_loss_during_the_warmup_but_not_the_variances():
