@@ -2,7 +2,7 @@
 """A recipe figure: ResNet-18 from scratch on the full Fashion-MNIST, accuracy and time per epoch.
 
     python scripts/bench_quality.py                       # make bench-quality (never part of CI)
-    python scripts/bench_quality.py --epochs 1 --per-class 200   # a quick check that it runs
+    python scripts/bench_quality.py --epochs 1 --per-class 50 --data-dir /tmp/fm   # a quick check
 
 Data: Debian's ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist; see
 scripts/make_sample_data.py) written once in the dogImages layout under ``--data-dir``: the
@@ -47,15 +47,19 @@ def build(data_dir: str, per_class: int) -> str:
     valid_idx = np.concatenate([np.flatnonzero(tr_y == c)[-600:] for c in classes])
     train_mask = np.ones(len(tr_y), bool)
     train_mask[valid_idx] = False
-    n_train = min(per_class, 5400)
+    # a smaller --per-class (a quick check) shrinks valid and test too; the full run has them all
+    n_train, n_valid, n_test = min(per_class, 5400), min(per_class, 600), min(per_class, 1000)
+    if os.path.isdir(data_dir):
+        import shutil
+        shutil.rmtree(data_dir)
     t0 = time.time()
     msd.write_split(data_dir, "train", tr_x[train_mask], tr_y[train_mask], n_train, 28, classes)
-    msd.write_split(data_dir, "valid", tr_x[valid_idx], tr_y[valid_idx], 600, 28, classes)
-    msd.write_split(data_dir, "test", te_x, te_y, 1000, 28, classes)
+    msd.write_split(data_dir, "valid", tr_x[valid_idx], tr_y[valid_idx], n_valid, 28, classes)
+    msd.write_split(data_dir, "test", te_x, te_y, n_test, 28, classes)
     with open(marker, "w") as f:
         f.write(wanted)
-    print(f"wrote {data_dir} ({n_train * 10} train, 6000 valid, 10000 test) in "
-          f"{time.time() - t0:.0f}s", flush=True)
+    print(f"wrote {data_dir} ({n_train * 10} train, {n_valid * 10} valid, {n_test * 10} test) "
+          f"in {time.time() - t0:.0f}s", flush=True)
     return data_dir
 
 
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
         return code
     final = json.load(open(f"{run}/data/metrics.json"))
     per_epoch = [h["epoch_time"] for h in final["epochs"]]
-    print(f"\nbench-quality: ResNet-18 from scratch, {a.per_class * 10} train images, "
+    print(f"\nbench-quality: ResNet-18 from scratch, {min(a.per_class, 5400) * 10} train images, "
           f"{a.epochs} epoch(s): test accuracy {final['final']['test_acc']:.4f} "
           f"(best epoch {final['final']['best_epoch']}), train time per epoch "
           + ", ".join(f"{t:.0f}s" for t in per_epoch) + f"; whole job {wall:.0f}s "
