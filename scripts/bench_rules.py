@@ -59,11 +59,11 @@ RUNS = {
     "sgd_batch128": ("fashion_big", ["--lr", "0.01", "--batch-size", "128", "--epochs", "8"], []),
     "demo": ("demo", ["--optimizer", "adamw", "--lr", "0.002", "--batch-size", "64", "--epochs", "6", "--image-size", "32"], []),
     # broken
-    "lr_far_too_high": ("fashion", ["--lr", "5", "--batch-size", "16", "--epochs", "4"], ["LossNotDecreasing"]),
-    "lr_zero": ("fashion", ["--lr", "1e-9", "--batch-size", "16", "--epochs", "4"], ["LossNotDecreasing"]),
-    "frozen_weights": ("fashion", ["--lr", "0.01", "--batch-size", "16", "--epochs", "4", "--bench-freeze-all"], ["LossNotDecreasing"]),
+    "lr_far_too_high": ("fashion", ["--lr", "5", "--batch-size", "16", "--epochs", "8"], ["LossNotDecreasing"]),
+    "lr_zero": ("fashion", ["--lr", "1e-9", "--batch-size", "16", "--epochs", "8"], ["LossNotDecreasing"]),
+    "frozen_weights": ("fashion", ["--lr", "0.01", "--batch-size", "16", "--epochs", "8", "--bench-freeze-all"], ["LossNotDecreasing"]),
     "labels_shuffled": ("fashion_shuffled", ["--optimizer", "adamw", "--lr", "0.002", "--batch-size", "16", "--epochs", "5"], ["Overfit"]),
-    "exploding_init": ("fashion", ["--lr", "0.01", "--batch-size", "16", "--epochs", "2", "--weights", "{exploding}"], ["PoorWeightInitialization"]),
+    "exploding_init": ("fashion", ["--lr", "0.01", "--batch-size", "16", "--epochs", "4", "--weights", "{exploding}"], ["PoorWeightInitialization"]),
 }
 
 

@@ -278,14 +278,17 @@ class Overtraining(RuleCore):
 
 
 class PoorWeightInitialization(RuleCore):
-    """AWS's three signals over the first ``steps`` steps. Departure (``make bench-rules``): in
-    the loop the loss-stall signal ignores the steps of the learning-rate warmup
-    (``loss_start_step``): at a warmup's tiny learning rate a healthy run's mini-batch losses
-    are noise around the initial loss, and "no new minimum for 5 of 10 steps" is chance."""
+    """AWS's three signals over the first ``steps`` steps. Departure (``make bench-rules``):
+    in the loop, where the number of classes C is known (``num_classes``), a stalled loss is
+    an issue only while its mean stays above ``chance_factor`` x ln C, the loss of an
+    uninformative prediction. At a warmup's tiny learning rate a healthy run's mini-batch
+    losses are noise around ln C and "no new minimum for 5 of 10 steps" is chance; a poorly
+    initialised network stalls far above it (confidently wrong). ``num_classes=0``: AWS."""
 
     name = "PoorWeightInitialization"
     defaults = {"threshold": 10.0, "distribution_range": 0.001, "patience": 5, "steps": 10,
-                "loss_start_step": 0}
+                "num_classes": 0, "chance_factor": 1.5}
+    AWS = {"num_classes": 0}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -325,8 +328,7 @@ class PoorWeightInitialization(RuleCore):
 
     def observe_loss(self, step: int, loss: float) -> Optional[Finding]:
         self._mark(step)
-        if step >= self.params["loss_start_step"]:
-            self._losses.append(float(loss))
+        self._losses.append(float(loss))
         if step - self._first_step + 1 >= self.params["steps"]:
             return self.evaluate(step)
         return None
@@ -362,7 +364,14 @@ class PoorWeightInitialization(RuleCore):
         if self._min_grad_range < p["distribution_range"]:
             reasons.append(f"gradient 5th-95th percentile range {self._min_grad_range:.3g} "
                            f"< {p['distribution_range']:g}")
-        if self._losses and stalled >= p["patience"]:
+        chance = math.log(p["num_classes"]) if p["num_classes"] >= 2 else None
+        mean_loss = _mean(self._losses)
+        values["loss_mean"] = mean_loss
+        if chance is not None:
+            values["chance_loss"] = chance
+        near_chance = chance is not None and _finite(mean_loss) and \
+            mean_loss <= p["chance_factor"] * chance
+        if stalled >= p["patience"] and not near_chance:
             reasons.append(f"loss made no new minimum for {stalled} of the first "
                            f"{len(self._losses)} steps")
         return self._emit(step, bool(reasons), values, "; ".join(reasons))
@@ -548,8 +557,9 @@ class RulesCallback(Callback):
 
     # -- callback methods ---------------------------------------------------------------------
     def _start_steps(self, ctx: TrainContext) -> None:
-        """Loop-only defaults of ``start_step`` (unless given with --rule-params): the loss may
-        rise during the LR warmup, and batch-norm statistics lag during the first epoch."""
+        """Loop-only defaults (unless given with --rule-params): ``start_step``s - the loss may
+        rise during the LR warmup, batch-norm statistics lag during the first epoch - and the
+        number of classes PoorWeightInitialization compares the loss with."""
         args, spe = ctx.args, ctx.steps_per_epoch
         if not spe or self.aws:
             return
@@ -558,7 +568,7 @@ class RulesCallback(Callback):
             warmup = math.ceil(float(getattr(args, "warmup_epochs", 0) or 0) * spe)
         starts = {("LossNotDecreasing", "start_step"): warmup,
                   ("Overfit", "start_step"): max(spe, warmup),
-                  ("PoorWeightInitialization", "loss_start_step"): warmup}
+                  ("PoorWeightInitialization", "num_classes"): ctx.num_classes}
         for (name, param), start in starts.items():
             core = self.cores.get(name)
             if core is not None and param not in self._explicit.get(name, {}):
