@@ -67,7 +67,7 @@ demo-host: $(STAMP) sample-data ## the demo without Docker: train on the host, t
 	@echo "learning curves: $(DEMO_DIR)/output/data/learning_curves.png; reports: $(DEMO_DIR)/output/data/, $(DEMO_DIR)/eval/report.html"
 
 .PHONY: bench
-bench: bench-train bench-serve bench-diagnostics ## all benchmarks, each against its baseline, side by side
+bench: bench-train bench-serve bench-diagnostics bench-rules ## all benchmarks, each against its baseline, side by side (bench-quality: alone, it takes 15 min)
 
 .PHONY: bench-train
 bench-train: $(STAMP) sample-data ## images/s: train.py pipeline vs in-memory tensors vs a naive course loop
@@ -84,6 +84,14 @@ bench-serve: $(STAMP) ## serving side by side: in-process eager/optimised/batche
 .PHONY: bench-diagnostics
 bench-diagnostics: $(STAMP) ## step time with the training diagnostics off / default / full (rules, profiler, smdebug)
 	$(PY) scripts/bench_diagnostics.py
+
+.PHONY: bench-rules
+bench-rules: $(STAMP) ## do the rules cry wolf? tiny healthy and broken real runs: false alarms and misses per rule
+	$(PY) scripts/bench_rules.py
+
+.PHONY: bench-quality
+bench-quality: $(STAMP) ## ResNet-18 from scratch on the full Fashion-MNIST: test accuracy and time per epoch (~15 min; never in CI)
+	$(PY) scripts/bench_quality.py
 
 # --- The image and local mode (container/Dockerfile, docker-compose.yml, scripts/local.sh) ---
 # /usr/bin/docker first: Debian's client has BuildKit built in (a /usr/local/bin one may lack buildx).

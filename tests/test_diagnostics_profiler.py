@@ -11,7 +11,9 @@ from imgclf.diagnostics.report import render_html
 
 
 def _find(findings, rule):
-    return next(f for f in findings if f["rule"] == rule)
+    """A finding as the summary JSON holds it (analyse() returns Finding objects)."""
+    f = next(f for f in findings if (f["rule"] if isinstance(f, dict) else f.rule) == rule)
+    return f if isinstance(f, dict) else f.to_dict()
 
 
 def test_slow_dataset_triggers_data_loader_finding_and_report(tmp_path):
@@ -72,7 +74,7 @@ def test_gpu_findings_on_synthetic_samples():
     # CPU pegged while the GPU idles
     s["samples"] = _gpu_samples([5.0] * n, [60.0] * n, cpu=97.0)
     assert _find(P.analyse(s), "CPUBottleneck")["status"] == "IssuesFound"
-    html = render_html({**s, "findings": P.analyse(s)})
+    html = render_html({**s, "findings": [f.to_dict() for f in P.analyse(s)]})
     assert "CPUBottleneck" in html and html.count("data:image/png;base64,") == 2
 
 
@@ -87,3 +89,33 @@ def test_torch_profiler_window_writes_a_chrome_trace(tmp_path):
     summary = json.loads((tmp_path / P.SUMMARY_FILE).read_text())
     assert summary["top_ops"] and summary["torch_trace"] == str(trace)
     assert "Top operators" in (tmp_path / P.REPORT_FILE).read_text()
+
+
+def test_memory_and_summary_stay_bounded_for_any_job_length(tmp_path):
+    cb = P.ProfilerCallback(interval=60)
+    ctx = SimpleNamespace(is_main=True, output_dir=str(tmp_path), device=__import__("torch").device("cpu"),
+                          args=SimpleNamespace(num_workers=2, batch_size=8, amp="off"), global_step=0)
+    cb.on_train_begin(ctx)
+    steps = 20 * P.SAMPLE_CAP + 7
+    for i in range(steps):
+        cb.on_step_end(ctx, "train", i, 1.0, 8, 0.001, 0.003)
+        cb.sampler.record({"t": i, "cpu": 50.0 + (i % 10), "mem": 30.0, "rss_mb": 100.0})
+        if i % 5000 == 4999:
+            cb.on_epoch_end(ctx, i // 5000 + 1, {})
+    cb.on_train_end(ctx, {})
+    summary = json.loads((tmp_path / P.SUMMARY_FILE).read_text())
+    assert summary["train_step_count"] == steps
+    assert P.SAMPLE_CAP // 2 <= len(summary["train_steps"]) <= P.SAMPLE_CAP
+    assert P.SAMPLE_CAP // 2 <= len(summary["samples"]) <= P.SAMPLE_CAP
+    kept = [s["step"] for s in summary["train_steps"]]
+    stride = summary["train_step_stride"]
+    assert kept == list(range(0, steps, stride))              # evenly spaced over the whole job
+    totals = summary["train_step_totals"]                     # exact, over every step but the first
+    assert totals["data_s"] == pytest.approx(0.001 * (steps - 1))
+    assert totals["compute_s"] == pytest.approx(0.003 * (steps - 1))
+    epoch1 = summary["epochs"][0]
+    assert epoch1["train_steps"]["count"] == 5000 and epoch1["system"]["cpu_max"] == 59.0
+    assert epoch1["system"]["cpu_mean"] == pytest.approx(54.5)
+    wait = _find(summary["findings"], "DataLoaderWait")
+    assert wait["values"]["wait_percent"] == pytest.approx(25.0)
+    assert (tmp_path / P.SUMMARY_FILE).stat().st_size < 1_000_000

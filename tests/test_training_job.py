@@ -130,12 +130,17 @@ def test_truncated_images_are_skipped_with_a_count_unless_too_many(tmp_path, col
     assert bad >= 4 and bad / seen > 0.05 and "002.Green/bad" in failure
 
 
-def test_killed_run_resumes_at_the_next_epoch_with_nothing_lost_or_repeated(tmp_path, color_data):
-    cmd = [sys.executable, str(CODE_DIR / "train.py"), "--data-dir", str(color_data),
-           "--model-dir", str(tmp_path / "model"), "--output-data-dir", str(tmp_path / "out"),
-           "--checkpoint-dir", str(tmp_path / "ck"), "--epochs", "4", *FAST_ARGS]
+def test_killed_run_resumes_and_ends_exactly_like_the_uninterrupted_run(tmp_path, color_data):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_"))}
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+    def cmd(run: str):
+        return [sys.executable, str(CODE_DIR / "train.py"), "--data-dir", str(color_data),
+                "--model-dir", str(tmp_path / run / "model"),
+                "--output-data-dir", str(tmp_path / run / "out"),
+                "--checkpoint-dir", str(tmp_path / run / "ck"), "--epochs", "3", "--seed", "3",
+                *FAST_ARGS]
+    first = subprocess.Popen(cmd("spot"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=env)
     seen = []
     for line in first.stdout:  # kill -9, like a spot interruption, once epoch 2 is checkpointed
         seen.append(line)
@@ -144,18 +149,31 @@ def test_killed_run_resumes_at_the_next_epoch_with_nothing_lost_or_repeated(tmp_
             break
     first.wait(timeout=60)
     assert first.returncode == -signal.SIGKILL, "".join(seen)[-2000:]
-    assert not (tmp_path / "model" / "model.json").exists()
+    assert not (tmp_path / "spot" / "model" / "model.json").exists()
 
-    second = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, timeout=600)
+    second = subprocess.run(cmd("spot"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:]
     assert "resuming from" in second.stdout and "at epoch 3" in second.stdout
     epochs_printed = [line.split()[1] for line in second.stdout.splitlines()
                       if line.startswith("epoch ")]
-    assert epochs_printed == ["3/4", "4/4"]
-    history = json.loads((tmp_path / "out" / "metrics.json").read_text())["epochs"]
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
-    assert (tmp_path / "model" / "model.json").exists()
+    assert epochs_printed == ["3/3"]
+    history = json.loads((tmp_path / "spot" / "out" / "metrics.json").read_text())["epochs"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+    full = subprocess.run(cmd("full"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=env, timeout=600)
+    assert full.returncode == 0, full.stdout[-3000:]
+    resumed = torch.load(tmp_path / "spot" / "model" / "model.pt", weights_only=True)
+    straight = torch.load(tmp_path / "full" / "model" / "model.pt", weights_only=True)
+    assert resumed.keys() == straight.keys()
+    for k in straight:
+        assert torch.equal(resumed[k], straight[k]), k
+    meta = [json.loads((tmp_path / r / "model" / "model.json").read_text())["metrics"]
+            for r in ("spot", "full")]
+    assert meta[0]["test_loss"] == meta[1]["test_loss"]
+    assert meta[0]["best_epoch"] == meta[1]["best_epoch"] == meta[0]["weights_epoch"]
+    assert parse_metrics(second.stdout)["average test loss"] == parse_metrics(full.stdout)["average test loss"]
 
 
 def test_ddp_on_two_cpu_processes_with_gloo(tmp_path, color_data):
@@ -170,3 +188,42 @@ def test_ddp_on_two_cpu_processes_with_gloo(tmp_path, color_data):
     assert "train=36 images" in r.stdout
     model, meta = load_artifact(str(tmp_path / "model"))
     assert meta.num_classes == 3
+
+
+def test_ddp_error_on_one_rank_ends_both_with_its_reason_without_a_hang(tmp_path, color_data):
+    # one unreadable image with batch size 1: the rank whose shard holds it fails (an empty
+    # batch under DDP), while the other rank waits in the gradient all-reduce
+    victim = color_data / "train" / "002.Green" / "002.Green_3.jpg"
+    victim.write_bytes(b"\xff\xd8 not a jpeg")
+    r = train_cli(tmp_path, "--data-dir", str(color_data), "--epochs", "2", "--processes-per-host",
+                  "2", "--master-port", str(_free_port()), "--max-bad-fraction", "1", *FAST_ARGS,
+                  "--batch-size", "1", "--image-size", "64", timeout=300)  # 64 px: BN sees 2x2
+    assert r.returncode != 0, r.stdout[-3000:]
+    failure = (tmp_path / "output" / "failure").read_text()
+    assert re.fullmatch(r"rank [01]: all 1 images of a train batch are unreadable \(e\.g\. .*"
+                        r"002\.Green_3\.jpg: .*\); remove them from the dataset", failure), failure
+    # every rank that reached its failure path reports that same first reason
+    reasons = set(re.findall(r"training failed: (.*)", r.stdout))
+    assert reasons == {failure}, (reasons, r.stdout[-4000:])
+
+
+def test_a_failing_job_still_writes_both_reports_and_the_reason(tmp_path, color_data):
+    for i in range(4):   # too many unreadable images: the job fails after epoch 1's train pass
+        (color_data / "train" / "002.Green" / f"bad{i}.jpg").write_bytes(b"\xff\xd8 nope")
+    r = train_cli(tmp_path, "--data-dir", str(color_data), "--epochs", "3",
+                  "--max-bad-fraction", "0.05", "--profiler-interval", "0.2",
+                  "--profiler-trace-steps", "50", *FAST_ARGS)  # a trace window the job never ends
+    assert r.returncode == 1, r.stdout[-3000:]
+    failure = (tmp_path / "output" / "failure").read_text()
+    assert "train images read cannot be decoded" in failure
+    data = tmp_path / "output" / "data"
+    rules = json.loads((data / "rules_report.json").read_text())
+    assert rules["training_failed"].startswith("TrainingError: ") and "cannot be decoded" in rules["training_failed"]
+    assert rules["rules"]["LossNotDecreasing"]["evaluations"] + rules["rules"]["PoorWeightInitialization"]["evaluations"] >= 1
+    summary = json.loads((data / "profiler_summary.json").read_text())
+    assert summary["training_failed"] == rules["training_failed"]
+    assert summary["train_step_count"] == 2   # 40 images / batch 16 (drop_last), before the failure
+    html = (data / "profiler_report.html").read_text()
+    assert "Training failed" in html and "Training rules" in html
+    assert "training ended before the torch.profiler window" in r.stdout   # closed, not leaked
+    assert not (tmp_path / "model" / "model.json").exists()

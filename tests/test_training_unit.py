@@ -296,23 +296,86 @@ def test_a_weights_file_with_as_many_classes_keeps_its_trained_head(tmp_path):
 
 # ---- checkpoints --------------------------------------------------------------------------------
 
-def test_a_checkpoint_of_another_run_is_refused_but_more_epochs_may_resume(tmp_path):
+def _save_checkpoint(folder, argv, classes=("a", "b", "c"), steps_per_epoch=4):
     from imgclf import checkpoint
     from imgclf.config import args_to_dict
     from imgclf.training import make_optimizer
-    args = parse_args(["--epochs", "2", "--lr", "0.005"])
-    model = build_model("resnet18", 3)
+    args = parse_args(argv)
+    model = build_model("resnet18", len(classes))
     opt = make_optimizer(model, args)
-    checkpoint.save(str(tmp_path), model=model, optimizer=opt,
-                    scheduler=make_scheduler(opt, args, 4), scaler=None, epoch=1, global_step=4,
-                    args=args_to_dict(args), classes=["a", "b", "c"], history=[], best={})
-    longer = args_to_dict(parse_args(["--epochs", "5", "--lr", "0.005"]))
-    assert checkpoint.load_latest(str(tmp_path), ["a", "b", "c"], longer)["epoch"] == 1
-    other = args_to_dict(parse_args(["--epochs", "2", "--lr", "0.009"]))  # another tuning trial
-    with pytest.raises(TrainingError, match=r"another run: lr=0\.005 \(now 0\.009\)"):
-        checkpoint.load_latest(str(tmp_path), ["a", "b", "c"], other)
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    checkpoint.save(str(folder), model=model, optimizer=opt,
+                    scheduler=make_scheduler(opt, args, steps_per_epoch), scaler=None, epoch=1,
+                    global_step=steps_per_epoch, args=args_to_dict(args), classes=list(classes),
+                    history=[{"epoch": 1, "valid_loss": 0.5}], best={"epoch": 1, "valid_loss": 0.5},
+                    best_state=best_state,
+                    horizon=checkpoint.horizon(args_to_dict(args), steps_per_epoch))
+    return model
+
+
+def _load(folder, argv, classes=("a", "b", "c"), steps_per_epoch=4):
+    from imgclf import checkpoint
+    from imgclf.config import args_to_dict
+    a = args_to_dict(parse_args(argv))
+    return checkpoint.load_latest(str(folder), list(classes), a, checkpoint.horizon(a, steps_per_epoch))
+
+
+def test_one_checkpoint_holds_the_best_weights_and_loads_weights_only(tmp_path):
+    model = _save_checkpoint(tmp_path, ["--epochs", "2"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]   # no best.pt, no tmp
+    raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)          # tensors + plain data
+    assert raw["best"]["epoch"] == 1 and raw["horizon"] == {"steps_per_epoch": 4, "total_steps": 8}
+    state = _load(tmp_path, ["--epochs", "2"])
+    assert torch.equal(state["best_state"]["fc.weight"], model.fc.weight)
+
+
+def test_a_checkpoint_with_pickled_objects_is_refused_not_executed(tmp_path):
+    torch.save({"format": 2, "rng": np.random.get_state()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(TrainingError, match="unreadable"):
+        _load(tmp_path, [])
+
+
+def test_rng_states_round_trip():
+    from imgclf import checkpoint
+    import random
+    state = checkpoint.rng_state()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    checkpoint.set_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert first[2] == again[2]
+
+
+@pytest.mark.parametrize("saved,now,needle", [
+    (["--lr", "0.005"], ["--lr", "0.009"], r"lr=0\.005 \(now 0\.009\)"),   # another tuning trial
+    ([], ["--warmup-epochs", "2"], r"warmup_epochs=1\.0 \(now 2\.0\)"),
+    ([], ["--seed", "7"], r"seed=42 \(now 7\)"),
+    (["--lr-schedule", "step"], ["--lr-schedule", "step", "--step-size", "2"], r"step_size=5 \(now 2\)"),
+    (["--lr-schedule", "step"], ["--lr-schedule", "step", "--gamma", "0.5"], r"gamma=0\.1 \(now 0\.5\)"),
+    (["--epochs", "2"], ["--epochs", "5"], r"epochs=2 \(now 5\) - it sets the cosine schedule's horizon"),
+    (["--momentum", "0.9"], ["--momentum", "0.8"], r"momentum=0\.9 \(now 0\.8\)"),
+])
+def test_a_checkpoint_of_another_optimisation_is_refused_naming_the_difference(tmp_path, saved, now, needle):
+    _save_checkpoint(tmp_path, saved)
+    with pytest.raises(TrainingError, match="another run: " + needle):
+        _load(tmp_path, now)
+
+
+def test_what_does_not_change_the_optimisation_resumes(tmp_path):
+    _save_checkpoint(tmp_path, ["--lr-schedule", "step", "--epochs", "2"])
+    # step/constant schedules do not depend on epochs: a finished run may be extended
+    assert _load(tmp_path, ["--lr-schedule", "step", "--epochs", "6", "--warmup-epochs", "3",
+                            "--num-workers", "1", "--patience", "2"])["epoch"] == 1
+    _save_checkpoint(tmp_path, ["--epochs", "2"])   # cosine: gamma/step-size play no part
+    assert _load(tmp_path, ["--epochs", "2", "--gamma", "0.5", "--step-size", "1"])["epoch"] == 1
+
+
+def test_other_classes_or_steps_per_epoch_are_refused(tmp_path):
+    _save_checkpoint(tmp_path, [])
     with pytest.raises(TrainingError, match="3 classes \\(now 2\\)"):
-        checkpoint.load_latest(str(tmp_path), ["a", "b"], longer)
+        _load(tmp_path, [], classes=("a", "b"))
+    with pytest.raises(TrainingError, match="4 steps per epoch \\(now 6: the train split or the number"):
+        _load(tmp_path, [], steps_per_epoch=6)
 
 
 def test_sagemaker_checkpoints_go_to_one_folder_per_training_job(monkeypatch):
@@ -321,3 +384,38 @@ def test_sagemaker_checkpoints_go_to_one_folder_per_training_job(monkeypatch):
     monkeypatch.setenv("SM_MODEL_DIR", "/opt/ml/model")
     monkeypatch.setenv("TRAINING_JOB_NAME", "dogs-tune-007-abc")
     assert parse_args([]).checkpoint_dir == "/opt/ml/checkpoints/dogs-tune-007-abc"
+
+
+def _imagenet_shaped(arch):
+    """A random state_dict of the ImageNet file's shape (1000 classes, aux heads included)."""
+    import torchvision
+    return torchvision.models.get_model(arch, weights=None, num_classes=1000, aux_logits=True,
+                                        init_weights=False).state_dict()
+
+
+@pytest.mark.parametrize("arch,size", [("googlenet", 64), ("inception_v3", 80)])
+def test_aux_head_archs_load_imagenet_shaped_weights_from_a_file(tmp_path, arch, size):
+    state = _imagenet_shaped(arch)
+    assert any(k.startswith(("aux1.", "AuxLogits.")) for k in state)
+    torch.save(state, tmp_path / f"{arch}-imagenet.pth")
+    m = build_model(arch, 5, weights=str(tmp_path / f"{arch}-imagenet.pth")).eval()
+    first = next(iter(k for k in state if k.endswith("conv.weight")))
+    assert torch.equal(m.state_dict()[first], state[first])
+    assert m.transform_input and not m.aux_logits
+    with torch.no_grad():
+        assert m(torch.zeros(1, 3, size, size)).shape == (1, 5)
+    # serving rebuilds the same network from model.json and the artifact's state_dict
+    again = build_model(arch, 5, weights="none").eval()
+    again.load_state_dict(m.state_dict())
+    x = torch.rand(1, 3, size, size)
+    with torch.no_grad():
+        assert torch.allclose(again(x), m(x))
+
+
+def test_aux_head_arch_loads_the_imagenet_download(monkeypatch):
+    import torchvision.models._api as api
+    state = _imagenet_shaped("googlenet")
+    monkeypatch.setattr(api, "load_state_dict_from_url", lambda url, *a, **k: state)
+    m = build_model("googlenet", 4, weights="imagenet")
+    assert torch.equal(m.conv1.conv.weight, state["conv1.conv.weight"])
+    assert m.aux1 is None and m.fc.out_features == 4

@@ -19,6 +19,8 @@ import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from imgclf.atomic import atomic_torch_save, atomic_write_json
+
 WEIGHTS_FILE = "model.pt"
 META_FILE = "model.json"
 FORMAT_VERSION = 1
@@ -89,18 +91,12 @@ def runtime_versions() -> dict[str, str]:
 
 
 def save_artifact(model_dir: str, state_dict: dict, meta: ModelMeta) -> None:
-    """Write model.pt and model.json atomically (tmp file + rename) into ``model_dir``."""
-    import torch
-    os.makedirs(model_dir, exist_ok=True)
+    """Write model.pt, then model.json, each atomically (:mod:`imgclf.atomic`), into
+    ``model_dir``: a model.json always describes the model.pt next to it."""
     if not meta.versions:
         meta.versions = runtime_versions()
-    weights = os.path.join(model_dir, WEIGHTS_FILE)
-    torch.save(state_dict, weights + ".tmp")
-    os.replace(weights + ".tmp", weights)
-    meta_path = os.path.join(model_dir, META_FILE)
-    with open(meta_path + ".tmp", "w") as f:
-        json.dump(meta.to_dict(), f, indent=2, sort_keys=True)
-    os.replace(meta_path + ".tmp", meta_path)
+    atomic_torch_save(state_dict, os.path.join(model_dir, WEIGHTS_FILE))
+    atomic_write_json(os.path.join(model_dir, META_FILE), meta.to_dict(), indent=2, sort_keys=True)
 
 
 def read_meta(model_dir: str) -> ModelMeta:

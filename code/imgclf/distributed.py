@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from imgclf.failure import TrainingError
+
 log = logging.getLogger(__name__)
 
 
@@ -83,13 +85,65 @@ def init() -> DistInfo:
 
 def any_rank(flag: bool, device) -> bool:
     """True on every rank when ``flag`` is true on at least one (a no-op without DDP)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not enabled():
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
 
+def enabled() -> bool:
+    """True inside an initialised process group (the one definition of "is DDP on")."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def from_rank0(decide):
+    """Rank 0 runs ``decide()``; every rank returns its result (or raises its error).
+
+    For decisions that must agree (resume or not, from which checkpoint): ranks that decided
+    on their own could disagree (a host without the synced files) and then hang in the first
+    collective. The result travels by ``broadcast_object_list``, so the other hosts need no
+    copy of the file.
+    """
+    if not enabled():
+        return decide()
+    payload = [None]
+    if dist.get_rank() == 0:
+        try:
+            payload = [("ok", decide())]
+        except Exception as e:
+            dist.broadcast_object_list([("error", str(e))], src=0)
+            raise
+    dist.broadcast_object_list(payload, src=0)
+    kind, value = payload[0]
+    if kind == "error":
+        raise TrainingError(value)
+    return value
+
+
+FAILURE_KEY = "imgclf/failure"
+
+
+def shared_failure(message: str) -> str:
+    """The failure reason every rank reports: the first one published wins.
+
+    A rank that fails publishes ``rank N: reason`` in the process group's store (torchrun's
+    agent hosts it, so it outlives the workers) before it exits; the other ranks then fail
+    too (their collectives see the closed connection, or torchrun stops them with SIGTERM) and
+    report the same first reason instead of "connection closed by peer". Without DDP, or when
+    the store is gone, the rank's own message.
+    """
+    if not enabled():
+        return message
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        winner = store.compare_set(FAILURE_KEY, "", f"rank {dist.get_rank()}: {message}")
+        return winner.decode() if isinstance(winner, bytes) else str(winner)
+    except Exception as e:   # the store itself died with the job
+        log.debug("distributed: cannot share the failure reason (%s)", e)
+        return message
+
+
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if enabled():
         dist.destroy_process_group()

@@ -11,6 +11,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from imgclf import distributed
 from imgclf.callbacks import Callback, TrainContext
 from imgclf.failure import TrainingError
 from imgclf.transforms import normalize
@@ -48,10 +49,6 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def autocast(device: torch.device, amp_dtype):
     if amp_dtype is None:
         return contextlib.nullcontext()
@@ -82,7 +79,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, ctx:
         data_time = time.perf_counter() - end
         bad.extend(batch.bad)
         if batch.labels.numel() == 0:
-            if _distributed():  # skipping the step here would pair other ranks' all-reduces wrongly
+            if distributed.enabled():  # skipping the step here would pair other ranks' all-reduces wrongly
                 raise TrainingError(f"all {len(batch.bad)} images of a train batch are unreadable "
                                     f"(e.g. {batch.bad[0]}); remove them from the dataset")
             end = time.perf_counter()
@@ -116,12 +113,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, ctx:
         ctx.global_step += 1
         bar.update(i + 1, loss_value)
         end = now
-        if ctx.stop_reason and not _distributed():
+        if ctx.stop_reason and not distributed.enabled():
             break  # under DDP every rank must run the same steps; training.py stops them together
     bar.close()
     totals = torch.stack([total_loss, torch.tensor(float(n_images), device=device),
                           torch.tensor(float(len(bad)), device=device)])
-    if _distributed():
+    if distributed.enabled():
         dist.all_reduce(totals)
     loss_sum, n_all, n_bad = totals.tolist()
     return {"loss": loss_sum / max(1.0, n_all), "images": int(n_all), "bad_count": int(n_bad),
@@ -155,7 +152,7 @@ def evaluate(model, loader, criterion, ctx: TrainContext, callbacks: Callback, *
                               now - end - data_time)
         end = now
     sums[3] = float(len(bad))
-    if _distributed():
+    if distributed.enabled():
         dist.all_reduce(sums)
     loss_sum, correct, n, n_bad = sums.tolist()
     return {"loss": loss_sum / max(1.0, n), "acc": correct / max(1.0, n), "images": int(n),

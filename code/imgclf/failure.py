@@ -10,6 +10,9 @@ import logging
 import os
 import sys
 import traceback
+from typing import Callable, Optional
+
+from imgclf.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +27,18 @@ def write_failure(output_dir: str | None, message: str) -> str | None:
     if not output_dir:
         return None
     try:
-        os.makedirs(output_dir, exist_ok=True)
-        path = os.path.join(output_dir, "failure")
-        with open(path, "w") as f:
-            f.write(message[:FAILURE_REASON_MAX])
-        return path
+        return atomic_write_text(os.path.join(output_dir, "failure"), message[:FAILURE_REASON_MAX])
     except OSError as e:  # a read-only output dir must not hide the real error
         log.error("could not write the failure file in %s: %s", output_dir, e)
         return None
 
 
-def fail(output_dir: str | None, exc: BaseException) -> int:
-    """Log ``exc``, write the failure file, return the process exit code."""
+def fail(output_dir: str | None, exc: BaseException,
+         reason: Optional[Callable[[str], str]] = None) -> int:
+    """Log ``exc``, write the failure file, return the process exit code.
+
+    ``reason(message)`` may replace the message written (DDP: the first failing rank's).
+    """
     from imgclf.artifact import ArtifactError
     from imgclf.images import ImageDecodeError
     from imgclf.models import ModelError
@@ -45,6 +48,8 @@ def fail(output_dir: str | None, exc: BaseException) -> int:
     else:  # a bug or an environment problem: keep the traceback in the log, not in the reason
         traceback.print_exception(exc, file=sys.stderr)
         message = f"{type(exc).__name__}: {exc}"
+    if reason is not None:
+        message = reason(message)
     log.error("training failed: %s", message)
     print(f"ERROR: {message}", file=sys.stderr, flush=True)
     write_failure(output_dir, message)

@@ -22,9 +22,20 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-# Architectures whose auxiliary classifiers complicate fine-tuning; built without them.
-_AUX_ARCHS = {"googlenet": {"aux_logits": False, "init_weights": True},
-              "inception_v3": {"aux_logits": False, "init_weights": True}}
+# Architectures with auxiliary classifiers: trained and served without them (the loop expects
+# one output), and always with transform_input=True, the input convention of their ImageNet
+# weights (torchvision sets it whenever it loads them), so training from those weights - from
+# the network or from a file - and serving a rebuilt model all see the same input.
+_AUX_HEADS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
+_AUX_ARCHS = {a: {"aux_logits": False, "init_weights": True, "transform_input": True}
+              for a in _AUX_HEADS}
+
+
+def _drop_aux_heads(model: nn.Module, arch: str) -> None:
+    """What torchvision does for aux_logits=False after loading weights with the aux heads."""
+    model.aux_logits = False
+    for name in _AUX_HEADS.get(arch, ()):
+        setattr(model, name, None)
 
 
 class ModelError(ValueError):
@@ -109,14 +120,23 @@ def build_model(arch: str, num_classes: int, weights: str = "none",
         raise ModelError(f"need at least 2 classes, got {num_classes}")
     kwargs = dict(_AUX_ARCHS.get(arch, {}))
     if weights == "imagenet":
+        # torchvision builds the aux-head archs with their aux heads (and insists on it) to
+        # load the file; they are dropped afterwards. Only fetching is guarded: any other
+        # error is a bug, not "no network".
         try:
-            kwargs.pop("init_weights", None)
-            model = torchvision.models.get_model(arch, weights="DEFAULT", **kwargs)
-        except Exception as e:  # URLError, HTTPError, SSL errors, hash mismatch...
+            model = torchvision.models.get_model(arch, weights="DEFAULT")
+        except OSError as e:  # URLError, HTTPError, SSL errors, no space, read-only TORCH_HOME
             raise ModelError(
                 f"cannot fetch ImageNet weights for {arch} ({type(e).__name__}: {e}). Without "
                 f"network access either give a state_dict file with --weights PATH (or as a "
                 f"'pretrained' input channel), or train from scratch with --weights none") from e
+        except RuntimeError as e:
+            if "hash" not in str(e).lower():
+                raise
+            raise ModelError(f"the downloaded ImageNet weights for {arch} are corrupt ({e}); "
+                             f"delete them from $TORCH_HOME/hub/checkpoints and retry") from e
+        if arch in _AUX_HEADS:
+            _drop_aux_heads(model, arch)
         _replace_head(model, num_classes)
     else:
         model = torchvision.models.get_model(arch, weights=None, **kwargs)

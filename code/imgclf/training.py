@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -104,6 +107,34 @@ def check_bad_images(bad: list[str], n_bad: int, good: int, split: str, max_frac
                             f"max-bad-fraction={max_fraction}), e.g. {'; '.join(bad[:3])}")
 
 
+class Stopped(TrainingError):
+    """SIGTERM: SageMaker stopping the job (or a spot interruption), or torchrun ending the
+    other ranks of a failed job. Raised in the loop so the reports are still written."""
+
+
+@contextlib.contextmanager
+def raise_on_sigterm():
+    """SIGTERM raises :class:`Stopped` in the loop while training runs (main thread only);
+    the previous handler is back afterwards (in-process callers such as the benchmarks)."""
+    def handler(signum, frame):
+        raise Stopped(f"stopped by {signal.Signals(signum).name}")
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resume_state(args, classes, loaders, info) -> dict | None:
+    """Rank 0 reads (or refuses) the checkpoint; every rank gets the same answer."""
+    now = checkpoint.horizon(args_to_dict(args), len(loaders["train"]))
+    return distributed.from_rank0(
+        lambda: checkpoint.load_latest(args.checkpoint_dir, classes, args_to_dict(args), now))
+
+
 def run(args) -> int:
     info = distributed.init()
     setup_logging(info.is_main)
@@ -131,6 +162,7 @@ def run(args) -> int:
     amp_dtype, scaler = resolve_amp(args.amp, device)
     optimizer = make_optimizer(model, args)
     scheduler = make_scheduler(optimizer, args, len(loaders["train"]))
+    horizon = checkpoint.horizon(args_to_dict(args), len(loaders["train"]))
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     train_model = (nn.parallel.DistributedDataParallel(
         model, device_ids=[info.local_rank] if device.type == "cuda" else None)
@@ -141,9 +173,9 @@ def run(args) -> int:
 
     history: list[dict] = []
     best = {"valid_loss": math.inf, "epoch": None}
-    best_state = None
+    best_state = None   # the best epoch's weights (CPU copy), always from the same epoch as best
     start_epoch, global_step = 1, 0
-    state = checkpoint.load_latest(args.checkpoint_dir, classes, args_to_dict(args))
+    state = resume_state(args, classes, loaders, info)
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -151,94 +183,111 @@ def run(args) -> int:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
-        history, best = state["history"], state["best"]
-        best_state = checkpoint.load_best(args.checkpoint_dir)
+        history, best, best_state = state["history"], state["best"], state["best_state"]
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
         if info.world > 1:  # the checkpoint holds rank 0's RNG: give every rank its own again
             seed_everything(args.seed + info.rank + 1000 * start_epoch)
         log.info("resuming from %s at epoch %d (best so far: epoch %s, valid_loss %.4f)",
                  args.checkpoint_dir, start_epoch, best["epoch"], best["valid_loss"])
+        del state
 
     ctx = TrainContext(model=model, optimizer=optimizer, criterion=criterion, args=args,
                        device=device, output_dir=args.output_data_dir, is_main=info.is_main,
                        num_classes=len(classes), global_step=global_step,
-                       epoch=start_epoch - 1, history=history)
+                       steps_per_epoch=len(loaders["train"]), epoch=start_epoch - 1,
+                       history=history)
     callbacks = CallbackList(diagnostics.build_callbacks(args))
-    callbacks.on_train_begin(ctx)
     norm = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
     fast = dict(amp_dtype=amp_dtype, channels_last=channels_last)
     reported: set = set()
     progress = args.progress == "true" or (args.progress == "auto" and sys.stderr.isatty())
 
-    for epoch in range(start_epoch, args.epochs + 1):
-        ctx.epoch = epoch
-        set_epoch(loaders["train"], epoch, args.seed)
-        callbacks.on_epoch_begin(ctx, epoch)
-        tr = train_one_epoch(train_model, loaders["train"], criterion, optimizer, scheduler,
-                             scaler, ctx, callbacks, progress=progress and info.is_main,
-                             epoch=epoch, **norm, **fast)
-        check_bad_images(tr["bad"], tr["bad_count"], tr["images"], "train",
-                         args.max_bad_fraction, reported)
-        ev = evaluate(model, loaders["valid"], criterion, ctx, callbacks, mode="eval", **norm, **fast)
-        check_bad_images(ev["bad"], ev["bad_count"], ev["images"], "valid",
-                         args.max_bad_fraction, reported)
-        metrics = {"epoch": epoch, "train_loss": tr["loss"], "valid_loss": ev["loss"],
-                   "valid_acc": ev["acc"], "lr": optimizer.param_groups[0]["lr"],
-                   "epoch_time": tr["time"], "images_per_sec": tr["images"] / max(1e-9, tr["time"])}
-        history.append(metrics)
-        if info.is_main:
-            print(format_epoch_line(epoch, args.epochs, tr["loss"], ev["loss"], ev["acc"], tr["time"],
-                                    metrics["images_per_sec"]), flush=True)
-        if ev["loss"] < best["valid_loss"]:
-            best = {"valid_loss": ev["loss"], "epoch": epoch, "valid_acc": ev["acc"]}
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    try:
+        callbacks.on_train_begin(ctx)
+        for epoch in range(start_epoch, args.epochs + 1):
+            ctx.epoch = epoch
+            set_epoch(loaders["train"], epoch, args.seed)
+            callbacks.on_epoch_begin(ctx, epoch)
+            tr = train_one_epoch(train_model, loaders["train"], criterion, optimizer, scheduler,
+                                 scaler, ctx, callbacks, progress=progress and info.is_main,
+                                 epoch=epoch, **norm, **fast)
+            check_bad_images(tr["bad"], tr["bad_count"], tr["images"], "train",
+                             args.max_bad_fraction, reported)
+            ev = evaluate(model, loaders["valid"], criterion, ctx, callbacks, mode="eval",
+                          **norm, **fast)
+            check_bad_images(ev["bad"], ev["bad_count"], ev["images"], "valid",
+                             args.max_bad_fraction, reported)
+            metrics = {"epoch": epoch, "train_loss": tr["loss"], "valid_loss": ev["loss"],
+                       "valid_acc": ev["acc"], "lr": optimizer.param_groups[0]["lr"],
+                       "epoch_time": tr["time"],
+                       "images_per_sec": tr["images"] / max(1e-9, tr["time"])}
+            history.append(metrics)
             if info.is_main:
-                checkpoint.save_best(args.checkpoint_dir, model)
-        if info.is_main:
-            checkpoint.save(args.checkpoint_dir, model=model, optimizer=optimizer,
-                            scheduler=scheduler, scaler=scaler, epoch=epoch,
-                            global_step=ctx.global_step, args=args_to_dict(args),
-                            classes=classes, history=history, best=best)
-            log.info("checkpoint saved: epoch %d -> %s", epoch, args.checkpoint_dir)
-        callbacks.on_epoch_end(ctx, epoch, metrics)
-        if args.patience and best["epoch"] is not None and epoch - best["epoch"] >= args.patience:
-            ctx.stop_reason = ctx.stop_reason or (
-                f"early stopping: no better valid loss for {args.patience} epoch(s)")
-        if distributed.any_rank(bool(ctx.stop_reason), device):
-            ctx.stop_reason = ctx.stop_reason or "stop requested on another rank"
-            log.info("stopping after epoch %d: %s", epoch, ctx.stop_reason)
-            break
+                print(format_epoch_line(epoch, args.epochs, tr["loss"], ev["loss"], ev["acc"],
+                                        tr["time"], metrics["images_per_sec"]), flush=True)
+            if ev["loss"] < best["valid_loss"]:
+                best = {"valid_loss": ev["loss"], "epoch": epoch, "valid_acc": ev["acc"]}
+                best_state = {k: v.detach().to("cpu", copy=True)
+                              for k, v in model.state_dict().items()}
+            if info.is_main:
+                checkpoint.save(args.checkpoint_dir, model=model, optimizer=optimizer,
+                                scheduler=scheduler, scaler=scaler, epoch=epoch,
+                                global_step=ctx.global_step, args=args_to_dict(args),
+                                classes=classes, history=history, best=best,
+                                best_state=best_state, horizon=horizon)
+                log.info("checkpoint saved: epoch %d -> %s", epoch, args.checkpoint_dir)
+            callbacks.on_epoch_end(ctx, epoch, metrics)
+            if args.patience and best["epoch"] is not None and epoch - best["epoch"] >= args.patience:
+                ctx.stop_reason = ctx.stop_reason or (
+                    f"early stopping: no better valid loss for {args.patience} epoch(s)")
+            if distributed.any_rank(bool(ctx.stop_reason), device):
+                ctx.stop_reason = ctx.stop_reason or "stop requested on another rank"
+                log.info("stopping after epoch %d: %s", epoch, ctx.stop_reason)
+                break
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    te = evaluate(model, loaders[test_split], criterion, ctx, callbacks, mode="test", **norm, **fast)
-    check_bad_images(te["bad"], te["bad_count"], te["images"], test_split,
-                     args.max_bad_fraction, reported)
-    final = {"test_loss": te["loss"], "test_acc": te["acc"], "best_epoch": best["epoch"],
-             "best_valid_loss": best["valid_loss"], "best_valid_acc": best.get("valid_acc"),
-             "epochs_run": len(history), "stop_reason": ctx.stop_reason,
-             "skipped_images": len(reported)}
-    if info.is_main:
-        print(format_test_line(te["loss"], te["acc"]), flush=True)
-        meta = ModelMeta(arch=args.arch, classes=classes, image_size=args.image_size,
-                         resize_size=default_resize_size(args.image_size),
-                         hyperparameters=args_to_dict(args), metrics=final)
-        state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_artifact(args.model_dir, state_dict, meta)
-        write_metrics(args.output_data_dir, history, final)
-        if history:
-            plot_learning_curves(args.output_data_dir, history, best["epoch"])
-        log.info("saved the best model (epoch %s) to %s; reports in %s", best["epoch"],
-                 args.model_dir, args.output_data_dir)
-    # -- evaluation report of the best model on the test split (every rank predicts its
-    #    shard, rank 0 writes SM_OUTPUT_DATA_DIR/evaluation/; see imgclf.evaluation) --------
-    from imgclf.evaluation import evaluate_job
-    evaluate_job(model, samples[test_split], classes, getattr(splits, test_split),
-                 os.path.join(args.output_data_dir, "evaluation"), device=device,
-                 image_size=args.image_size, resize_size=default_resize_size(args.image_size),
-                 **norm, batch_size=args.batch_size, num_workers=args.num_workers,
-                 rank=info.rank, world=info.world)
-    # -- end of the evaluation report ----------------------------------------------------------
+        # The artifact's weights and its metadata come from the same epoch: the best one, or
+        # the last one when no epoch had a finite validation loss.
+        weights_epoch = best["epoch"] if best_state is not None else (
+            history[-1]["epoch"] if history else None)
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        elif history:
+            log.warning("no epoch had a finite validation loss: the artifact holds the last "
+                        "epoch (%s)", weights_epoch)
+        # --- test evaluation of the best model ---
+        te = evaluate(model, loaders[test_split], criterion, ctx, callbacks, mode="test",
+                      **norm, **fast)
+        check_bad_images(te["bad"], te["bad_count"], te["images"], test_split,
+                         args.max_bad_fraction, reported)
+        final = {"test_loss": te["loss"], "test_acc": te["acc"], "best_epoch": best["epoch"],
+                 "weights_epoch": weights_epoch,
+                 "best_valid_loss": best["valid_loss"], "best_valid_acc": best.get("valid_acc"),
+                 "epochs_run": len(history), "stop_reason": ctx.stop_reason,
+                 "skipped_images": len(reported)}
+        if info.is_main:
+            print(format_test_line(te["loss"], te["acc"]), flush=True)
+            meta = ModelMeta(arch=args.arch, classes=classes, image_size=args.image_size,
+                             resize_size=default_resize_size(args.image_size),
+                             hyperparameters=args_to_dict(args), metrics=final)
+            state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_artifact(args.model_dir, state_dict, meta)
+            write_metrics(args.output_data_dir, history, final)
+            if history:
+                plot_learning_curves(args.output_data_dir, history, best["epoch"])
+            log.info("saved the model of epoch %s to %s; reports in %s", weights_epoch,
+                     args.model_dir, args.output_data_dir)
+        # -- evaluation report of the best model on the test split (every rank predicts its
+        #    shard, rank 0 writes SM_OUTPUT_DATA_DIR/evaluation/; see imgclf.evaluation) ----
+        from imgclf.evaluation import evaluate_job
+        evaluate_job(model, samples[test_split], classes, getattr(splits, test_split),
+                     os.path.join(args.output_data_dir, "evaluation"), device=device,
+                     image_size=args.image_size, resize_size=default_resize_size(args.image_size),
+                     **norm, batch_size=args.batch_size, num_workers=args.num_workers,
+                     rank=info.rank, world=info.world)
+        # -- end of the evaluation report ------------------------------------------------------
+    except BaseException as e:
+        callbacks.on_exception(ctx, e)
+        raise
     callbacks.on_train_end(ctx, final)
     return 0
 
@@ -268,9 +317,11 @@ def main(argv=None) -> int:
         return code
     started = time.time()
     try:
-        return run(args)
+        with raise_on_sigterm():
+            return run(args)
     except Exception as e:
-        return fail(args.output_dir, e)
+        # under DDP every rank reports the first rank's reason (see distributed.shared_failure)
+        return fail(args.output_dir, e, reason=distributed.shared_failure)
     finally:
         distributed.cleanup()
         log.info("train.py finished in %.1fs", time.time() - started)

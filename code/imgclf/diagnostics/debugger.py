@@ -104,6 +104,7 @@ class SmdebugCallback(Callback):
         self.use_sagemaker_config = use_sagemaker_config
         self.out_dir = out_dir
         self.hook = None
+        self._closed = False
         self._mode: Optional[str] = None
 
     def on_train_begin(self, ctx: TrainContext) -> None:
@@ -121,6 +122,13 @@ class SmdebugCallback(Callback):
         self._mode = mode
 
     def on_train_end(self, ctx: TrainContext, metrics: dict) -> None:
-        if self.hook is not None:
+        self._close()
+
+    def on_exception(self, ctx: TrainContext, exc: BaseException) -> None:
+        self._close()   # flushes the steps recorded before the failure
+
+    def _close(self) -> None:
+        if self.hook is not None and not self._closed:
+            self._closed = True
             self.hook.close()
             log.info("smdebug: hook closed; tensors in %s", self.hook.out_dir)

@@ -24,12 +24,15 @@ CPUBottleneck      threshold=50 (% of samples), gpu_threshold=10, cpu_threshold=
 
 AWS counts ``patience`` in datapoints of a 500 ms sampler on hour-long jobs; here the warm-up
 skipped is ``min(patience, 20% of the samples)`` so short jobs are still evaluated.
-``profiler_summary.json`` and ``profiler_report.html`` (see :mod:`.report`) go to the output dir.
+``profiler_summary.json`` and ``profiler_report.html`` (see :mod:`.report`) go to the output dir,
+also when training fails (``on_exception``). Memory and summary stay bounded for a job of any
+length: at most :data:`SAMPLE_CAP` evenly spaced samples and train steps (:class:`Decimated`),
+plus exact step totals and per-epoch aggregates (:class:`WindowStats`). Findings are
+:class:`~.findings.Finding` objects, the model the training rules use.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -39,9 +42,11 @@ import time
 from typing import Optional
 
 from imgclf import resources
+from imgclf.atomic import atomic_write_json
 from imgclf.callbacks import Callback, TrainContext
 
-from .rules import ISSUES_FOUND, NO_ISSUES_FOUND, NOT_EVALUATED, json_safe
+from .findings import ISSUES_FOUND, NO_ISSUES_FOUND, NOT_EVALUATED, Finding
+from .rules import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,56 @@ DEFAULTS = {
 
 def cpu_cores() -> int:
     return resources.cpu_count()  # the one definition, cgroup quota aware
+
+
+#: At most this many system samples and train steps are kept (memory and profiler_summary.json
+#: stay bounded for a job of any length); exact totals and per-epoch aggregates are kept beside.
+SAMPLE_CAP = 2000
+
+
+class Decimated:
+    """A stream thinned to at most ``cap`` evenly spaced items: when full, every other kept item
+    is dropped and the keep stride doubles. The kept items cover the whole job uniformly, so
+    percentiles, medians and plots stay representative however long it runs."""
+
+    def __init__(self, cap: int = SAMPLE_CAP):
+        self.cap, self.stride, self.seen = max(2, int(cap)), 1, 0
+        self.items: list = []
+
+    def add(self, item) -> None:
+        if self.seen % self.stride == 0:
+            self.items.append(item)
+            if len(self.items) > self.cap:
+                self.items = self.items[::2]
+                self.stride *= 2
+        self.seen += 1
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class WindowStats:
+    """Exact aggregates of numeric fields over a window (an epoch): count, mean, max."""
+
+    def __init__(self):
+        self.n: dict = {}
+        self.sum: dict = {}
+        self.max: dict = {}
+
+    def add(self, record: dict) -> None:
+        for k, v in record.items():
+            if k in ("t", "step") or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            self.n[k] = self.n.get(k, 0) + 1
+            self.sum[k] = self.sum.get(k, 0.0) + v
+            self.max[k] = max(self.max.get(k, v), v)
+
+    def close(self) -> dict:
+        out = {f"{k}_mean": self.sum[k] / self.n[k] for k in self.n}
+        out.update({f"{k}_max": v for k, v in self.max.items()})
+        out["count"] = max(self.n.values(), default=0)
+        self.__init__()
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +169,9 @@ class SystemSampler(threading.Thread):
         self._psutil, self._proc = psutil, psutil.Process()
         self._halt = threading.Event()
         self.t0 = time.time()
-        self.samples: list[dict] = []
+        self.samples = Decimated()
+        self.window = WindowStats()
+        self._lock = threading.Lock()
         self.errors = 0
         self.cuda_index = None
         if device is not None and getattr(device, "type", None) == "cuda":
@@ -144,15 +201,26 @@ class SystemSampler(threading.Thread):
     def run(self) -> None:
         while not self._halt.wait(self.interval):
             try:
-                self.samples.append(self.sample())
+                self.record(self.sample())
             except Exception as e:   # a failed probe must not end training; count and report it
                 self.errors += 1
                 if self.errors <= 3:
                     log.warning("profiler: sampling failed (%s: %s)", type(e).__name__, e)
 
+    def record(self, sample: dict) -> None:
+        with self._lock:
+            self.samples.add(sample)
+            self.window.add(sample)
+
+    def close_window(self) -> dict:
+        """Aggregates of the samples since the last call (per-epoch figures)."""
+        with self._lock:
+            return self.window.close()
+
     def stop(self) -> None:
         self._halt.set()
-        self.join(timeout=10)
+        if self.is_alive():
+            self.join(timeout=10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,16 +232,17 @@ def _pct(values: list, q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def _finding(rule, status, evidence="", suggestion="", **values) -> dict:
-    return {"rule": rule, "status": status, "evidence": evidence, "suggestion": suggestion,
-            "values": values, "parameters": DEFAULTS.get(rule, {})}
+def _finding(rule, status, evidence="", suggestion="", **values) -> Finding:
+    return Finding(rule, issues={ISSUES_FOUND: True, NO_ISSUES_FOUND: False}.get(status),
+                   values=values, message=evidence, suggestion=suggestion,
+                   parameters=DEFAULTS.get(rule, {}))
 
 
 def _after_warmup(series: list, patience: int) -> list:
     return series[min(patience, len(series) // 5):]
 
 
-def analyse(summary: dict) -> list[dict]:
+def analyse(summary: dict) -> list[Finding]:
     """Findings from a profiler summary (pure: tests feed synthetic samples)."""
     samples = summary.get("samples", [])
     steps = summary.get("train_steps", [])
@@ -271,11 +340,12 @@ def analyse(summary: dict) -> list[dict]:
     # DataLoaderWait: share of step time spent waiting for data
     p = DEFAULTS["DataLoaderWait"]
     st = steps[1:] if len(steps) > 1 else steps   # the first batch includes worker start-up
+    totals = summary.get("train_step_totals")     # exact, over every step (steps is a sample)
     if not st:
         findings.append(_finding("DataLoaderWait", NOT_EVALUATED, "no train steps recorded"))
     else:
-        data = sum(s["data"] for s in st)
-        comp = sum(s["compute"] for s in st)
+        data = totals["data_s"] if totals else sum(s["data"] for s in st)
+        comp = totals["compute_s"] if totals else sum(s["compute"] for s in st)
         share = 100.0 * data / max(1e-12, data + comp)
         med = _pct([s["data"] for s in st], 50)
         medc = _pct([s["compute"] for s in st], 50)
@@ -348,10 +418,13 @@ class ProfilerCallback(Callback):
         self.prof = None
         self.trace_path: Optional[str] = None
         self.top_ops: list = []
-        self.train_steps: list[dict] = []
+        self.train_steps = Decimated()        # a capped, evenly spaced sample of the steps
+        self.step_totals = {"steps": 0, "data_s": 0.0, "compute_s": 0.0, "images": 0}
+        self.step_window = WindowStats()      # exact per-epoch step aggregates
         self.eval_steps = 0
-        self.epochs: list[dict] = []
+        self.epochs: list[dict] = []          # one small record per epoch (the windows)
         self.active = False
+        self.failure: Optional[str] = None
 
     def on_train_begin(self, ctx: TrainContext) -> None:
         self.active = ctx.is_main
@@ -401,9 +474,15 @@ class ProfilerCallback(Callback):
         if not self.active:
             return
         if mode == "train":
-            self.train_steps.append({"step": step, "t": round(time.time() - self.t0, 4),
-                                     "data": float(data_time), "compute": float(step_time),
-                                     "batch": int(batch_size)})
+            rec = {"step": step, "t": round(time.time() - self.t0, 4), "data": float(data_time),
+                   "compute": float(step_time), "batch": int(batch_size)}
+            self.train_steps.add(rec)
+            self.step_window.add(rec)
+            if self.step_totals["steps"] > 0:   # the first batch includes worker start-up
+                self.step_totals["data_s"] += rec["data"]
+                self.step_totals["compute_s"] += rec["compute"]
+            self.step_totals["steps"] += 1
+            self.step_totals["images"] += rec["batch"]
             if self.prof is not None:
                 self.prof.step()
         else:
@@ -411,7 +490,9 @@ class ProfilerCallback(Callback):
 
     def on_epoch_end(self, ctx: TrainContext, epoch: int, metrics: dict) -> None:
         if self.active:
-            self.epochs.append({"epoch": epoch, "t": round(time.time() - self.t0, 3)})
+            self.epochs.append({"epoch": epoch, "t": round(time.time() - self.t0, 3),
+                                "system": self.sampler.close_window(),
+                                "train_steps": self.step_window.close()})
 
     def summary(self) -> dict:
         s = self.sampler
@@ -429,39 +510,53 @@ class ProfilerCallback(Callback):
             "num_workers": getattr(self.args, "num_workers", None),
             "batch_size": getattr(self.args, "batch_size", None),
             "amp": getattr(self.args, "amp", None),
-            "train_step_count": len(self.train_steps),
+            "train_step_count": self.step_totals["steps"],
             "eval_step_count": self.eval_steps,
             "sampling_errors": s.errors if s else 0,
-            "samples": s.samples if s else [],
-            "train_steps": self.train_steps,
+            "sample_cap": SAMPLE_CAP,
+            "sample_stride": s.samples.stride if s else 1,
+            "samples": s.samples.items if s else [],
+            "train_step_stride": self.train_steps.stride,
+            "train_steps": self.train_steps.items,
+            "train_step_totals": dict(self.step_totals),
             "epochs": self.epochs,
+            "training_failed": self.failure,
             "torch_trace": self.trace_path,
             "top_ops": self.top_ops,
         }
 
     def on_train_end(self, ctx: TrainContext, metrics: dict) -> None:
+        self._finish()
+
+    def on_exception(self, ctx: TrainContext, exc: BaseException) -> None:
+        self.failure = f"{type(exc).__name__}: {exc}"
+        self._finish()
+
+    def _finish(self) -> None:
+        """Close the torch profiler and the sampler, write the summary and the HTML report."""
         if not self.active:
             return
         self.active = False
         if self.prof is not None:
-            self.prof.stop()
+            prof, self.prof = self.prof, None
+            prof.stop()
             if self.trace_path is None:
                 log.warning("profiler: training ended before the torch.profiler window "
                             "(steps %d-%d) completed; no trace", self.trace_start,
                             self.trace_start + self.trace_steps - 1)
         self.sampler.stop()
         summary = self.summary()
-        summary["findings"] = analyse(summary)
-        for f in summary["findings"]:
-            line = f"profiler_rule={f['rule']} status={f['status']}"
-            if f["status"] == ISSUES_FOUND:
-                log.warning('%s evidence="%s"', line, f["evidence"])
+        findings = analyse(summary)
+        summary["findings"] = [f.to_dict() for f in findings]
+        for f in findings:
+            if f.issues:
+                log.warning('profiler_rule=%s status=%s evidence="%s"', f.rule, f.status,
+                            f.message)
             else:
-                log.info(line)
-        os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, SUMMARY_FILE)
-        with open(path, "w") as fh:
-            json.dump(json_safe(summary), fh, indent=1)
+                log.info("profiler_rule=%s status=%s", f.rule, f.status)
+        path = atomic_write_json(os.path.join(self.output_dir, SUMMARY_FILE), json_safe(summary),
+                                 indent=1)
         from .report import write_html_report
         html = write_html_report(summary, self.output_dir)
-        log.info("profiler: report written to %s (summary %s)", html, path)
+        log.info("profiler: report written to %s (summary %s)%s", html, path,
+                 " after the failure" if self.failure else "")

@@ -16,8 +16,11 @@ import os
 import sys
 from typing import Optional
 
+from imgclf.atomic import atomic_write_text
+
+from .findings import ISSUES_FOUND, NO_ISSUES_FOUND
 from .profiler import REPORT_FILE, SUMMARY_FILE
-from .rules import ISSUES_FOUND, NO_ISSUES_FOUND, REPORT_FILE as RULES_FILE
+from .rules import REPORT_FILE as RULES_FILE
 
 _COLORS = {ISSUES_FOUND: "#c0392b", NO_ISSUES_FOUND: "#1e8449"}
 
@@ -116,11 +119,14 @@ def render_html(summary: dict, rules_report: Optional[dict] = None) -> str:
     findings = summary.get("findings") or []
     n_issues = sum(1 for f in findings if f["status"] == ISSUES_FOUND)
     steps = summary.get("train_steps") or []
-    data = sum(s["data"] for s in steps)
-    comp = sum(s["compute"] for s in steps)
+    totals = summary.get("train_step_totals") or {}
+    data = totals.get("data_s", sum(s["data"] for s in steps))
+    comp = totals.get("compute_s", sum(s["compute"] for s in steps))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Profiler report</title>"
              f"<style>{_CSS}</style></head><body>",
              "<h1>Training profiler report</h1>",
+             *([f"<p><b>Training failed</b>: {e(str(summary['training_failed']))}. The figures "
+                "cover the steps before the failure.</p>"] if summary.get("training_failed") else []),
              f"<p>{n_issues} of {len(findings)} profiler rules found issues. Device "
              f"<code>{e(str(summary.get('device')))}</code>"
              + (f" ({e(str(summary.get('gpu_name')))})" if summary.get("gpu_name") else "")
@@ -128,12 +134,13 @@ def render_html(summary: dict, rules_report: Optional[dict] = None) -> str:
              f"workers, batch size {summary.get('batch_size')}, AMP {e(str(summary.get('amp')))}. "
              f"{summary.get('train_step_count', 0)} train and {summary.get('eval_step_count', 0)} "
              f"evaluation steps in {summary.get('duration_s', 0):.1f}s; "
-             f"{len(summary.get('samples') or [])} system samples every {summary.get('interval_s')}s"
+             f"{len(summary.get('samples') or [])} system samples kept (one every "
+             f"{summary.get('interval_s', 0) * summary.get('sample_stride', 1):g}s)"
              + (f"; train steps spent {data:.1f}s waiting for data and {comp:.1f}s computing"
                 if steps else "") + ".</p>"]
 
     parts.append("<h2>Findings</h2>")
-    rows = [[e(f["rule"]), _status(f["status"]), e(f.get("evidence", "")), e(f.get("suggestion", ""))]
+    rows = [[e(f["rule"]), _status(f["status"]), e(f.get("message", "")), e(f.get("suggestion", ""))]
             for f in sorted(findings, key=lambda f: f["status"] != ISSUES_FOUND)]
     parts.append(_table(rows, ["rule", "status", "evidence", "suggestion"]))
     parts.append("<p class='muted'>Rules and default thresholds follow SageMaker Debugger's "
@@ -171,10 +178,7 @@ def write_html_report(summary: dict, output_dir: str) -> str:
     if os.path.isfile(rules_path):
         with open(rules_path) as f:
             rules_report = json.load(f)
-    path = os.path.join(output_dir, REPORT_FILE)
-    with open(path, "w") as f:
-        f.write(render_html(summary, rules_report))
-    return path
+    return atomic_write_text(os.path.join(output_dir, REPORT_FILE), render_html(summary, rules_report))
 
 
 def main(argv=None) -> int:

@@ -5,14 +5,15 @@ and default thresholds (https://docs.aws.amazon.com/sagemaker/latest/dg/debugger
 
 =========================  ====================================================================
 LossNotDecreasing          num_steps=10, diff_percent=0.1, increase_threshold_percent=5
+                           (+ this project's start_step, patience=2: see the class)
 VanishingGradient          threshold=1e-7 (mean |gradient| of a tensor)
-Overfit                    start_step=0, patience=1, ratio_threshold=0.1
+Overfit                    start_step=0, patience=1 (here 2), ratio_threshold=0.1
 Overtraining               patience_train=5, patience_validation=10, delta=0.01
 PoorWeightInitialization   threshold=10.0, distribution_range=0.001, patience=5, steps=10
 =========================  ====================================================================
 
 Each rule is a *core*: plain Python fed with observations (losses, gradient statistics,
-activation variances), returning an :class:`Evaluation` whenever it evaluates. Two drivers feed
+activation variances), returning a :class:`~.findings.Finding` whenever it evaluates. Two drivers feed
 the same cores, so the logic exists once:
 
 - :class:`RulesCallback` (this module), from the training loop's callback signals;
@@ -38,56 +39,23 @@ Every evaluation is logged on one stable line, e.g.::
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional
 
+from imgclf.atomic import atomic_write_json
 from imgclf.callbacks import Callback, TrainContext
+
+from .findings import ISSUES_FOUND, NO_ISSUES_FOUND, NOT_EVALUATED, Finding, overall_status
 
 log = logging.getLogger(__name__)
 
-ISSUES_FOUND = "IssuesFound"
-NO_ISSUES_FOUND = "NoIssuesFound"
-NOT_EVALUATED = "NotEvaluated"
-
 REPORT_FILE = "rules_report.json"
 
-
-@dataclass
-class Evaluation:
-    rule: str
-    step: int
-    issues: bool
-    values: dict = field(default_factory=dict)
-    message: str = ""
-    epoch: Optional[int] = None
-
-    @property
-    def status(self) -> str:
-        return ISSUES_FOUND if self.issues else NO_ISSUES_FOUND
-
-    def log_line(self) -> str:
-        parts = [f"rule={self.rule}", f"status={self.status}", f"step={self.step}"]
-        if self.epoch is not None:
-            parts.append(f"epoch={self.epoch}")
-        for k, v in self.values.items():
-            if isinstance(v, float):
-                v = f"{v:.6g}"
-            elif isinstance(v, (list, tuple, dict)):
-                continue
-            parts.append(f"{k}={v}")
-        if self.message:
-            parts.append(f'message="{self.message}"')
-        return " ".join(parts)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["status"] = self.status
-        return d
+#: One evaluation of a rule is a :class:`~.findings.Finding` (the model the profiler uses too).
+Evaluation = Finding
 
 
 def _finite(x: float) -> bool:
@@ -104,6 +72,8 @@ class RuleCore:
 
     name = ""
     defaults: dict = {}
+    #: parameters that restore AWS's behaviour where this project departs from it
+    AWS: dict = {}
 
     def __init__(self, **params):
         unknown = set(params) - set(self.defaults)
@@ -113,22 +83,32 @@ class RuleCore:
         self.params = dict(self.defaults)
         for k, v in params.items():
             self.params[k] = type(self.defaults[k])(v)   # "10" -> 10 (hyperparameters are text)
-        self.evaluations: list[Evaluation] = []
+        self.evaluations: list[Finding] = []
 
     def _emit(self, step: int, issues: bool, values: dict, message: str = "") -> Evaluation:
-        ev = Evaluation(self.name, int(step), bool(issues), values, message)
+        ev = Finding(self.name, int(step), bool(issues), values, message,
+                     parameters=self.params)
         self.evaluations.append(ev)
         return ev
 
     def status(self) -> str:
-        if not self.evaluations:
-            return NOT_EVALUATED
-        return ISSUES_FOUND if any(e.issues for e in self.evaluations) else NO_ISSUES_FOUND
+        return overall_status(self.evaluations)
 
 
 class LossNotDecreasing(RuleCore):
+    """AWS's thresholds on consecutive ``num_steps`` windows of the training loss, plus two
+    departures measured with ``make bench-rules`` (README "Debugging and profiling"):
+    ``start_step`` (in the loop: the end of the learning-rate warmup, when the loss may rise by
+    design) and ``patience`` (that many bad windows in a row; one noisy window is not a trend),
+    with the decrease measured against the best earlier window (smoothing: a flat loss whose
+    windows alternate up and down by noise is still "not decreasing").
+    A non-finite loss is an issue at once."""
+
     name = "LossNotDecreasing"
-    defaults = {"num_steps": 10, "diff_percent": 0.1, "increase_threshold_percent": 5.0}
+    defaults = {"num_steps": 10, "diff_percent": 0.1, "increase_threshold_percent": 5.0,
+                "start_step": 0, "patience": 2, "compare_best": 1}
+    #: AWS's behaviour: every window judged alone against the previous one
+    AWS = {"patience": 1, "compare_best": 0}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -136,9 +116,15 @@ class LossNotDecreasing(RuleCore):
         self._window_start: Optional[int] = None
         self._prev_mean: Optional[float] = None
         self._best_mean: Optional[float] = None
+        self._bad = 0
 
-    def observe_loss(self, step: int, loss: float) -> Optional[Evaluation]:
+    def observe_loss(self, step: int, loss: float) -> Optional[Finding]:
         """One training loss (every step in the loop; every saved step offline)."""
+        if not _finite(loss):
+            self._window, self._window_start = [], None
+            return self._emit(step, True, {"loss": float(loss)}, "loss is not finite")
+        if step < self.params["start_step"]:
+            return None
         if self._window_start is None:
             self._window_start = step
         self._window.append(float(loss))
@@ -153,17 +139,25 @@ class LossNotDecreasing(RuleCore):
         self._best_mean = cur if best is None or cur < best else best
         if prev is None or not _finite(prev):
             return None                  # first window: nothing to compare with yet
-        decrease_pct = (prev - cur) / abs(prev) * 100.0 if prev else 0.0
+        # progress is measured against the best earlier window, not the previous one: a flat
+        # loss whose windows alternate up and down by noise still counts as not decreasing
+        ref = best if self.params["compare_best"] else prev
+        decrease_pct = (ref - cur) / abs(ref) * 100.0 if ref else 0.0
         above_best_pct = (cur - best) / abs(best) * 100.0 if best else 0.0
+        p = self.params
+        if above_best_pct > p["increase_threshold_percent"]:
+            reason = f"loss rose above its best by more than {p['increase_threshold_percent']}%"
+        elif decrease_pct < p["diff_percent"]:
+            reason = f"loss decreased by less than {p['diff_percent']}% over {p['num_steps']} steps"
+        else:
+            reason = ""
+        self._bad = self._bad + 1 if reason else 0
         values = {"loss_mean": cur, "previous_loss_mean": prev,
-                  "decrease_percent": decrease_pct, "diff_percent": self.params["diff_percent"],
-                  "above_best_percent": above_best_pct}
-        if above_best_pct > self.params["increase_threshold_percent"]:
-            return self._emit(step, True, values, "loss rose above its best by more than "
-                              f"{self.params['increase_threshold_percent']}%")
-        if decrease_pct < self.params["diff_percent"]:
-            return self._emit(step, True, values, f"loss decreased by less than "
-                              f"{self.params['diff_percent']}% over {self.params['num_steps']} steps")
+                  "decrease_percent": decrease_pct, "diff_percent": p["diff_percent"],
+                  "above_best_percent": above_best_pct, "bad_windows_in_a_row": self._bad,
+                  "patience": p["patience"]}
+        if reason and self._bad >= p["patience"]:
+            return self._emit(step, True, values, f"{reason} ({self._bad} windows in a row)")
         return self._emit(step, False, values)
 
 
@@ -171,7 +165,7 @@ class VanishingGradient(RuleCore):
     name = "VanishingGradient"
     defaults = {"threshold": 1e-7}
 
-    def observe_gradients(self, step: int, mean_abs: dict) -> Optional[Evaluation]:
+    def observe_gradients(self, step: int, mean_abs: dict) -> Optional[Finding]:
         """``mean_abs``: tensor name -> mean of the absolute gradient values."""
         if not mean_abs:
             return None
@@ -212,15 +206,21 @@ class PhaseTracker:
 
 
 class Overfit(RuleCore):
+    """AWS's ratio of (validation - training) loss to training loss, with two departures
+    measured with ``make bench-rules``: ``patience`` 2 validations (AWS: 1) and, in the loop,
+    ``start_step`` after the first epoch and the warmup - early on, batch-norm running
+    statistics lag behind the weights and inflate the validation loss of healthy runs."""
+
     name = "Overfit"
-    defaults = {"start_step": 0, "patience": 1, "ratio_threshold": 0.1}
+    defaults = {"start_step": 0, "patience": 2, "ratio_threshold": 0.1}
+    AWS = {"patience": 1}
 
     def __init__(self, **params):
         super().__init__(**params)
         self._exceeded = 0
 
     def observe_phase(self, step: int, train_mean: Optional[float],
-                      valid_mean: Optional[float]) -> Optional[Evaluation]:
+                      valid_mean: Optional[float]) -> Optional[Finding]:
         if step < self.params["start_step"] or train_mean is None or valid_mean is None:
             return None
         if not (_finite(train_mean) and _finite(valid_mean)) or train_mean <= 0:
@@ -256,7 +256,7 @@ class Overtraining(RuleCore):
             self._since[key] += 1
 
     def observe_phase(self, step: int, train_mean: Optional[float],
-                      valid_mean: Optional[float]) -> Optional[Evaluation]:
+                      valid_mean: Optional[float]) -> Optional[Finding]:
         if train_mean is None and valid_mean is None:
             return None
         self._update("train", train_mean)
@@ -278,8 +278,17 @@ class Overtraining(RuleCore):
 
 
 class PoorWeightInitialization(RuleCore):
+    """AWS's three signals over the first ``steps`` steps. Departure (``make bench-rules``):
+    in the loop, where the number of classes C is known (``num_classes``), a stalled loss is
+    an issue only while its mean stays above ``chance_factor`` x ln C, the loss of an
+    uninformative prediction. At a warmup's tiny learning rate a healthy run's mini-batch
+    losses are noise around ln C and "no new minimum for 5 of 10 steps" is chance; a poorly
+    initialised network stalls far above it (confidently wrong). ``num_classes=0``: AWS."""
+
     name = "PoorWeightInitialization"
-    defaults = {"threshold": 10.0, "distribution_range": 0.001, "patience": 5, "steps": 10}
+    defaults = {"threshold": 10.0, "distribution_range": 0.001, "patience": 5, "steps": 10,
+                "num_classes": 0, "chance_factor": 1.5}
+    AWS = {"num_classes": 0}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -317,7 +326,7 @@ class PoorWeightInitialization(RuleCore):
         if _finite(p5) and _finite(p95):
             self._min_grad_range = min(self._min_grad_range, p95 - p5)
 
-    def observe_loss(self, step: int, loss: float) -> Optional[Evaluation]:
+    def observe_loss(self, step: int, loss: float) -> Optional[Finding]:
         self._mark(step)
         self._losses.append(float(loss))
         if step - self._first_step + 1 >= self.params["steps"]:
@@ -334,7 +343,7 @@ class PoorWeightInitialization(RuleCore):
                 since += 1
         return since
 
-    def evaluate(self, step: int) -> Optional[Evaluation]:
+    def evaluate(self, step: int) -> Optional[Finding]:
         """Evaluate once, on the first ``steps`` steps (called early if training ends sooner)."""
         if self.done or self._first_step is None:
             return None
@@ -355,7 +364,14 @@ class PoorWeightInitialization(RuleCore):
         if self._min_grad_range < p["distribution_range"]:
             reasons.append(f"gradient 5th-95th percentile range {self._min_grad_range:.3g} "
                            f"< {p['distribution_range']:g}")
-        if stalled >= p["patience"]:
+        chance = math.log(p["num_classes"]) if p["num_classes"] >= 2 else None
+        mean_loss = _mean(self._losses)
+        values["loss_mean"] = mean_loss
+        if chance is not None:
+            values["chance_loss"] = chance
+        near_chance = chance is not None and _finite(mean_loss) and \
+            mean_loss <= p["chance_factor"] * chance
+        if stalled >= p["patience"] and not near_chance:
             reasons.append(f"loss made no new minimum for {stalled} of the first "
                            f"{len(self._losses)} steps")
         return self._emit(step, bool(reasons), values, "; ".join(reasons))
@@ -423,13 +439,7 @@ def json_safe(obj):
 
 
 def write_report(report: dict, output_dir: str, filename: str = REPORT_FILE) -> str:
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, filename)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(json_safe(report), f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(os.path.join(output_dir, filename), json_safe(report), indent=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,8 +452,8 @@ ACTIVATION_TYPES = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "GELU"
 
 
 def _distributed() -> bool:
-    import torch.distributed as dist
-    return dist.is_available() and dist.is_initialized()
+    from imgclf.distributed import enabled   # imports torch: only where the loop runs
+    return enabled()
 
 
 class RulesCallback(Callback):
@@ -455,8 +465,16 @@ class RulesCallback(Callback):
     """
 
     def __init__(self, interval: int = 10, rule_params: Optional[dict] = None,
-                 stop_on: Iterable[str] = (), enabled: Optional[Iterable[str]] = None):
+                 stop_on: Iterable[str] = (), enabled: Optional[Iterable[str]] = None,
+                 aws: bool = False, report_file: str = REPORT_FILE):
+        """``aws=True``: AWS's parameters and none of the loop's start steps (the baseline
+        ``make bench-rules`` compares with), e.g. with ``report_file="rules_report_aws.json"``."""
         self.interval = max(1, int(interval))
+        self.aws, self.report_file = aws, report_file
+        if aws:
+            rule_params = {n: {**c.AWS, **(rule_params or {}).get(n, {})}
+                           for n, c in RULE_CLASSES.items()}
+        self._explicit = dict(rule_params or {})
         self.cores = build_cores(rule_params, enabled)
         self.stop_on = {canonical_rule_name(n) for n in stop_on}
         self.phases = PhaseTracker()
@@ -468,9 +486,10 @@ class RulesCallback(Callback):
         self._output_dir: Optional[str] = None
         self._pending_stop: Optional[str] = None
         self._pending_rule = "unknown"
+        self._failure: Optional[str] = None
 
     # -- helpers ------------------------------------------------------------------------------
-    def _handle(self, ctx: TrainContext, ev: Optional[Evaluation]) -> None:
+    def _handle(self, ctx: TrainContext, ev: Optional[Finding]) -> None:
         if ev is None:
             return
         ev.epoch = self._epoch
@@ -537,7 +556,26 @@ class RulesCallback(Callback):
         self._act_handles = []
 
     # -- callback methods ---------------------------------------------------------------------
+    def _start_steps(self, ctx: TrainContext) -> None:
+        """Loop-only defaults (unless given with --rule-params): ``start_step``s - the loss may
+        rise during the LR warmup, batch-norm statistics lag during the first epoch - and the
+        number of classes PoorWeightInitialization compares the loss with."""
+        args, spe = ctx.args, ctx.steps_per_epoch
+        if not spe or self.aws:
+            return
+        warmup = 0
+        if getattr(args, "lr_schedule", None) == "cosine":
+            warmup = math.ceil(float(getattr(args, "warmup_epochs", 0) or 0) * spe)
+        starts = {("LossNotDecreasing", "start_step"): warmup,
+                  ("Overfit", "start_step"): max(spe, warmup),
+                  ("PoorWeightInitialization", "num_classes"): ctx.num_classes}
+        for (name, param), start in starts.items():
+            core = self.cores.get(name)
+            if core is not None and param not in self._explicit.get(name, {}):
+                core.params[param] = start
+
     def on_train_begin(self, ctx: TrainContext) -> None:
+        self._start_steps(ctx)
         self._output_dir = ctx.output_dir if ctx.is_main else None
         if ctx.global_step > 0:   # resumed from a checkpoint
             if self.cores.pop("PoorWeightInitialization", None) is not None and ctx.is_main:
@@ -621,6 +659,13 @@ class RulesCallback(Callback):
         self._write(ctx)
 
     def on_train_end(self, ctx: TrainContext, metrics: dict) -> None:
+        self._finish(ctx)
+
+    def on_exception(self, ctx: TrainContext, exc: BaseException) -> None:
+        self._finish(ctx, failure=f"{type(exc).__name__}: {exc}")
+
+    def _finish(self, ctx: TrainContext, failure: Optional[str] = None) -> None:
+        self._failure = failure
         pwi = self.cores.get("PoorWeightInitialization")
         if pwi is not None and not pwi.done:
             self._handle(ctx, pwi.evaluate(self._step))
@@ -634,13 +679,16 @@ class RulesCallback(Callback):
                      f" first_issue_step={issues[0].step}" if issues else "")
         path = self._write(ctx)
         if path:
-            log.info("rules: report written to %s", path)
+            log.info("rules: report written to %s%s", path,
+                     " (training failed: the rules saw the steps before the failure)"
+                     if failure else "")
 
     def report(self) -> dict:
         return build_report(self.cores, source="training-loop",
-                            extra={"stop_on": sorted(self.stop_on), "interval": self.interval})
+                            extra={"stop_on": sorted(self.stop_on), "interval": self.interval,
+                                   "training_failed": self._failure})
 
     def _write(self, ctx: TrainContext) -> Optional[str]:
         if not self._output_dir:
             return None
-        return write_report(self.report(), self._output_dir)
+        return write_report(self.report(), self._output_dir, self.report_file)
