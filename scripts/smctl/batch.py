@@ -67,6 +67,17 @@ def add_parser(sub, parents) -> None:
                    help="follow the job: progress, then the counts and where the .out files are")
     p.add_argument("--poll-seconds", type=float, default=30.0,
                    help="seconds between status polls (default: 30)")
+    local = p.add_argument_group("local batch transform (the same job on this machine, through "
+                                 "the image; smctl/local/batch.py)")
+    local.add_argument("--local", metavar="DIR",
+                       help="score every file under DIR with `docker run IMAGE serve` here "
+                            "instead of a SageMaker job")
+    local.add_argument("--output", metavar="OUT",
+                       help="--local: where OUT/<relative path>.out and failures.csv go")
+    local.add_argument("--model-dir", metavar="M",
+                       help="--local: the model folder (model.pt + model.json); or --training-job "
+                            "NAME downloads that job's model.tar.gz")
+    local.add_argument("--image", help="--local: image tag (default: make -s image-name)")
     p.set_defaults(func=run_batch)
 
 
@@ -157,6 +168,13 @@ def check_input(api: Api, data: str, output: str) -> None:
 
 
 def run_batch(args, settings: Settings, api: Api) -> int:
+    if args.local:
+        from smctl.local.batch import run_local_batch
+        return run_local_batch(args, settings, api)
+    for flag in ("output", "model_dir", "image"):
+        if getattr(args, flag):
+            raise ConfigError(f"--{flag.replace('_', '-')} goes with --local DIR",
+                              "SageMaker jobs take --output-path and --model-data/--training-job")
     check_flags(args)
     name = check_name(args.name or unique_name(args.base_name), "transform job")
     output = (args.output_path or settings.s3_uri("batch", name)).rstrip("/")

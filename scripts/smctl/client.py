@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import http
+import itertools
 import json
 import mimetypes
 import threading
@@ -30,7 +31,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -348,10 +349,13 @@ class InvocationsClient:
                 yield from items
 
     # -- one file per request -----------------------------------------------------------------
-    def send_raw(self, paths: Iterable[Path | str], custom_attributes: str | None = None,
-                 content_type: str | None = None) -> list[RawResult]:
+    def iter_raw(self, paths: Iterable[Path | str], custom_attributes: str | None = None,
+                 content_type: str | None = None) -> Iterator[RawResult]:
         """Each file as its own request (body = its bytes, Content-Type from the file unless
-        given), ``concurrency`` in flight; status and body per file, in ``paths`` order."""
+        given), at most ``concurrency`` in flight; yields each file's status and body as it
+        completes (not in ``paths`` order). Files are read when their request goes, so a big
+        folder is never all in memory; leaving the loop early (Ctrl-C) cancels what has not
+        been sent and waits only for the requests in flight."""
         def one(path: Path) -> RawResult:
             try:
                 data = path.read_bytes()
@@ -363,8 +367,29 @@ class InvocationsClient:
                 return RawResult(path, None, b"", error=str(e))
             return RawResult(path, r.status, r.body, r.content_type)
 
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(one, [Path(p) for p in paths]))
+        pending = iter(Path(p) for p in paths)
+        pool = ThreadPoolExecutor(self.concurrency)
+        in_flight: set = set()
+        try:
+            for path in itertools.islice(pending, self.concurrency):
+                in_flight.add(pool.submit(one, path))
+            while in_flight:
+                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    nxt = next(pending, None)
+                    if nxt is not None:
+                        in_flight.add(pool.submit(one, nxt))
+                    yield future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def send_raw(self, paths: Iterable[Path | str], custom_attributes: str | None = None,
+                 content_type: str | None = None) -> list[RawResult]:
+        """:meth:`iter_raw` collected, in ``paths`` order."""
+        paths = [Path(p) for p in paths]
+        order = {p: i for i, p in enumerate(paths)}
+        return sorted(self.iter_raw(paths, custom_attributes, content_type),
+                      key=lambda r: order[r.path])
 
 
 def status_phrase(status: int) -> str:
