@@ -20,8 +20,10 @@ DOCKER = os.environ.get("DOCKER") or (
     "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker") or "docker")
 
 # Small but real: 3 Fashion-MNIST classes at 32 px, 3 epochs of resnet18 from scratch (no
-# ImageNet weights offline): about 0.6 test accuracy, chance is 0.33.
-TRAIN_HP = "epochs=3 weights=none arch=resnet18 image-size=32 batch-size=32 num-workers=1"
+# ImageNet weights offline) with the demo's AdamW recipe: 0.67 test accuracy on the host, chance
+# is 0.33 (the default SGD lr 0.01 with a warm-up epoch reached only 0.42 in 18 steps).
+TRAIN_HP = ("epochs=3 weights=none arch=resnet18 image-size=32 batch-size=32 num-workers=1 "
+            "optimizer=adamw lr=0.002")
 
 
 def run(cmd, check=True, timeout=900, **kw) -> subprocess.CompletedProcess:
