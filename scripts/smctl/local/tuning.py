@@ -27,6 +27,7 @@ hyperparameters; completed trials are never rerun.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
@@ -241,13 +242,17 @@ def open_study(cfg: LocalStudy, sampler=None, pruner=None):
     cfg.output.mkdir(parents=True, exist_ok=True)
     for attempt in range(5):
         try:
-            study = optuna.create_study(study_name=cfg.name, storage=storage_for(cfg.storage),
-                                        sampler=sampler, pruner=pruner, load_if_exists=True,
-                                        direction=OBJECTIVE_TYPE.lower())
+            with _creation_lock(cfg.storage):
+                study = optuna.create_study(study_name=cfg.name, storage=storage_for(cfg.storage),
+                                            sampler=sampler, pruner=pruner, load_if_exists=True,
+                                            direction=OBJECTIVE_TYPE.lower())
             break
         except Exception as e:  # noqa: BLE001 - a bad URL or an unreachable database: one line
-            # Two tuners creating one fresh database race on its tables: the loser retries.
-            if "already exists" in str(e) and attempt < 4:
+            # Two tuners creating one fresh database race on its tables (schema, alembic
+            # version row): the loser retries.
+            text = str(e)
+            if ("already exists" in text or "UNIQUE constraint" in text
+                    or "IntegrityError" in type(e).__name__) and attempt < 4:
                 time.sleep(1 + attempt)
                 continue
             raise ConfigError(f"cannot open the study storage {redact(cfg.storage)}: "
@@ -263,6 +268,25 @@ def open_study(cfg: LocalStudy, sampler=None, pruner=None):
                           f"ranges ({', '.join(stored)})",
                           "use the same [tune.ranges], or another --name / --output")
     return study
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str):
+    """For a SQLite file: an flock beside it while the schema and study are created, so two
+    tuners on one machine do not race on a fresh database (other RDBs: the retry above)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == prefix + ":memory:":
+        yield
+        return
+    import fcntl
+    path = Path(url[len(prefix):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def redact(url: str) -> str:
