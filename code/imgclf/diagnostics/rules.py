@@ -680,7 +680,7 @@ class RulesCallback(Callback):
         path = self._write(ctx)
         if path:
             log.info("rules: report written to %s%s", path,
-                     " (training failed: the rules saw the steps before the failure)"
+                     " (the job failed; the report covers the steps before the failure)"
                      if failure else "")
 
     def report(self) -> dict:
