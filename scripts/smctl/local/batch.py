@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from imgclf.atomic import atomic_write
 from imgclf.serving.content_types import X_IMAGE
-from smctl.client import HttpTransport, InvocationsClient, RawResult
+from smctl.client import HttpTransport, InvocationsClient, RawResult, Response
 from smctl.errors import ConfigError, SmctlError
 
 OUT_SUFFIX = ".out"
@@ -107,14 +108,12 @@ def check_local_flags(args) -> tuple[Path, Path]:
     return data, output
 
 
-def fetch_training_job_model(api, job: str, dest: Path) -> Path:
-    """DescribeTrainingJob -> its model.tar.gz from S3, extracted into DEST."""
+def fetch_training_job_model(args, api, dest: Path) -> Path:
+    """``--training-job NAME``: its model.tar.gz (``deploy.model_source``: DescribeTrainingJob,
+    Completed only) from S3, extracted into DEST."""
+    from smctl.deploy import model_source
     from smctl.util import split_s3
-    desc = api.call("sagemaker", "describe_training_job", TrainingJobName=job)
-    uri = (desc.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
-    if desc.get("TrainingJobStatus") != "Completed" or not uri:
-        raise SmctlError(f"training job {job} is {desc.get('TrainingJobStatus')} with no model",
-                         "use a Completed job, or --model-dir")
+    uri, _ = model_source(args, api, use_last_job=False)
     bucket, key = split_s3(uri)
     body = api.call("s3", "get_object", Bucket=bucket, Key=key)["Body"]
     archive = dest / "model.tar.gz"
@@ -167,13 +166,6 @@ class Progress:
             self.bar.close()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def score(client: InvocationsClient, data: Path, output: Path, files: Iterable[Path],
           max_payload_mb: int, summary: Summary, progress: Progress) -> None:
     """POST each file, write its .out or record its failure (as results arrive)."""
@@ -201,13 +193,12 @@ def score(client: InvocationsClient, data: Path, output: Path, files: Iterable[P
 def record(r: RawResult, data: Path, output: Path, summary: Summary) -> None:
     rel = str(r.path.relative_to(data))
     if r.status is not None and 200 <= r.status < 300:
-        write_atomic(out_path(output, data, r.path), r.body)
+        atomic_write(str(out_path(output, data, r.path)), lambda f: f.write(r.body))
         summary.written += 1
         return
     if r.status is None:
         summary.failures.append((rel, "", r.error or "no answer"))
         return
-    from smctl.client import Response
     summary.failures.append((rel, str(r.status), Response(r.status, r.body).detail()))
 
 
@@ -222,17 +213,12 @@ def write_failures(output: Path, failures: list[tuple[str, str, str]]) -> Path:
 
 
 def run_local_batch(args, settings, api) -> int:
-    from smctl.local.runner import ServeContainer, default_image, sigterm_as_interrupt
+    from smctl.local.runner import (ServeContainer, docker_client, local_image,
+                                    sigterm_as_interrupt)
 
     data, output = check_local_flags(args)
-    image = args.image or default_image()
-    if not image:
-        raise ConfigError("no image to run", "pass --image TAG, or build one: make build")
-    from smctl.local.runner import docker_client
     docker = docker_client()
-    import subprocess
-    if subprocess.run([docker, "image", "inspect", image], capture_output=True).returncode != 0:
-        raise ConfigError(f"image {image} is not here", "make build (or pass --image TAG)")
+    image = local_image(args.image, docker, what="smctl batch --local")
 
     files = input_files(data, output)
     if not files:
@@ -253,7 +239,7 @@ def run_local_batch(args, settings, api) -> int:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="imgclf-batch-") as tmp, sigterm_as_interrupt():
         model_dir = (Path(args.model_dir) if args.model_dir
-                     else fetch_training_job_model(api, args.training_job, Path(tmp)))
+                     else fetch_training_job_model(args, api, Path(tmp)))
         from smctl.util import parse_pairs
         env = {**parse_pairs(args.env, "--env"), "SAGEMAKER_BATCH": "true"}
         if args.max_payload_mb is not None:

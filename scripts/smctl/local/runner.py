@@ -323,6 +323,19 @@ def make_runner(kind: str, image: str | None = None) -> HostRunner | ContainerRu
     raise ValueError(f"unknown runner {kind!r} (host or container)")
 
 
+def local_image(image: str | None, docker: str | None = None, what: str = "the image") -> str:
+    """IMAGE, else ``make -s image-name``, checked to exist in the local engine; a
+    :class:`~smctl.errors.ConfigError` (exit 2, one line) before anything starts otherwise."""
+    from smctl.errors import ConfigError
+    image = image or default_image()
+    if not image:
+        raise ConfigError(f"no image for {what}", "pass --image or run make build")
+    if subprocess.run([docker or docker_client(), "image", "inspect", image],
+                      capture_output=True).returncode:
+        raise ConfigError(f"image {image} not found", "run make build (or pass --image)")
+    return image
+
+
 def default_image() -> str | None:
     """``make -s image-name`` (the tag ``make build`` gives this checkout)."""
     try:

@@ -42,11 +42,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from imgclf import resources
 from imgclf.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE, parse_metrics
 
 from smctl import schema
 from smctl.errors import EXIT_ERROR, EXIT_INTERRUPTED, ConfigError, SmctlError
-from smctl.local.runner import (Job, dataset_channels, default_image, make_runner,
+from smctl.local.runner import (Job, dataset_channels, make_runner,
                                 sigterm_as_interrupt)
 from smctl.util import hp_string
 
@@ -130,12 +131,8 @@ def resolve(args, settings) -> LocalStudy:
     image = None
     args.runner = args.runner or "host"
     if args.runner == "container":
-        image = args.image or default_image()
-        if not image:
-            raise ConfigError("no image for --runner container", "pass --image or run make build")
-        from smctl.local.runner import docker_client
-        if subprocess.run([docker_client(), "image", "inspect", image], capture_output=True).returncode:
-            raise ConfigError(f"image {image} not found", "run make build (or pass --image)")
+        from smctl.local.runner import local_image
+        image = local_image(args.image, what="--runner container")
     output = Path(args.output or Path("local") / "tune" / name).absolute()
     storage = args.storage or f"sqlite:///{output / DEFAULT_STORAGE_FILE}"
     return LocalStudy(name=name, output=output, storage=storage, strategy=study["strategy"],
@@ -148,21 +145,11 @@ def resolve(args, settings) -> LocalStudy:
 
 
 # -- the machine split ----------------------------------------------------------------------------
-def cpu_count() -> int:
-    """CPUs this process may use: affinity, then a cgroup v2 quota (containers, CI).
-    (The lead points this at imgclf.resources once that lands.)"""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
-
-
 def visible_gpus() -> list[str]:
-    """GPU indices a trial may be given: CUDA_VISIBLE_DEVICES, else nvidia-smi -L, else none."""
+    """GPU tokens a trial may be given as its CUDA_VISIBLE_DEVICES: the tuner's own
+    CUDA_VISIBLE_DEVICES entries as written (host indices or UUIDs, passed on unchanged), else
+    nvidia-smi -L's indices, else none. (imgclf.resources.visible_gpus gives CUDA ordinals
+    inside this process, which a child with its own CUDA_VISIBLE_DEVICES cannot use.)"""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
@@ -177,7 +164,7 @@ def visible_gpus() -> list[str]:
 def machine_split(parallel: int, static: dict[str, str], space: dict) -> tuple[dict[str, str], dict[str, str]]:
     """(hyperparameters, env) per trial on CPU: the cores divided between the parallel trials,
     as torch threads (OMP_NUM_THREADS) and DataLoader workers, unless the user set them."""
-    per_trial = max(1, cpu_count() // parallel)
+    per_trial = max(1, resources.cpu_count() // parallel)
     hps = {}
     if "num-workers" not in static and "num-workers" not in space:
         hps["num-workers"] = str(per_trial // 2)  # workers share the trial's cores
