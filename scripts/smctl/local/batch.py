@@ -266,12 +266,11 @@ def run_local_batch(args, settings, api) -> int:
             t_score = time.monotonic()
             score(client, data, output, todo, payload_mb, summary, progress)
         finally:
-            if progress is not None:
+            if progress is not None:  # before the container stop, which takes seconds
+                summary.scoring_seconds = time.monotonic() - t_score
                 progress.close()
             server.stop()
             summary.seconds = time.monotonic() - t0
-            if progress is not None:
-                summary.scoring_seconds = time.monotonic() - t_score
             failures_csv = write_failures(output, summary.failures)
 
     sent = summary.written + len(summary.failures)
