@@ -71,6 +71,8 @@ def test_tuning_hyperparameters_of_sagemaker_are_tolerated():
     (["--label-smoothing", "1.5"], "label-smoothing"),
     (["--freeze-backbone", "maybe"], "boolean"),
     (["--no-such-flag", "1"], "unknown option"),
+    (["--crop-scale", "0"], "crop-scale must be in (0, 1]"),
+    (["--image-size", "64", "--resize-size", "32"], "resize-size must be 0 (auto) or >= image-size 64"),
 ])
 def test_bad_hyperparameters_raise_a_clear_error(argv, needle):
     with pytest.raises(TrainingError, match="bad hyperparameter") as e:
@@ -354,11 +356,37 @@ def test_rng_states_round_trip():
     (["--lr-schedule", "step"], ["--lr-schedule", "step", "--gamma", "0.5"], r"gamma=0\.1 \(now 0\.5\)"),
     (["--epochs", "2"], ["--epochs", "5"], r"epochs=2 \(now 5\) - it sets the cosine schedule's horizon"),
     (["--momentum", "0.9"], ["--momentum", "0.8"], r"momentum=0\.9 \(now 0\.8\)"),
+    ([], ["--crop-scale", "0.5"], r"crop_scale=0\.08 \(now 0\.5\)"),
 ])
 def test_a_checkpoint_of_another_optimisation_is_refused_naming_the_difference(tmp_path, saved, now, needle):
     _save_checkpoint(tmp_path, saved)
     with pytest.raises(TrainingError, match="another run: " + needle):
         _load(tmp_path, now)
+
+
+def test_a_checkpoint_written_before_crop_scale_existed_resumes_at_its_default(tmp_path):
+    from imgclf import checkpoint
+    _save_checkpoint(tmp_path, [])
+    raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del raw["args"]["crop_scale"]   # what such a checkpoint holds
+    torch.save(raw, tmp_path / "checkpoint.pt")
+    assert _load(tmp_path, [])["epoch"] == 1
+    with pytest.raises(TrainingError, match=r"crop_scale=0\.08 \(now 0\.3\)"):
+        _load(tmp_path, ["--crop-scale", "0.3"])
+    assert checkpoint.ADDED_LATER["crop_scale"] == parse_args([]).crop_scale
+
+
+def test_training_crops_keep_at_least_crop_scale_of_the_area():
+    from imgclf.transforms import train_transform
+    torch.manual_seed(0)
+    img = torch.zeros(1, 100, 100, dtype=torch.uint8)
+    img[:, 45:55, 45:55] = 255   # a 10x10 square: 1% of the area
+    tf = train_transform(50, crop_scale=0.64)
+    # a crop of >= 64% of the area (side >= ~70 px of 100) shrinks the square to <= ~7 px of 50
+    lit = [int((tf(img) > 127).sum()) for _ in range(40)]
+    assert max(lit) <= 8 * 8
+    wide = [int((train_transform(50, crop_scale=0.01)(img) > 127).sum()) for _ in range(40)]
+    assert max(wide) > 8 * 8     # the ImageNet-style range zooms in much further
 
 
 def test_what_does_not_change_the_optimisation_resumes(tmp_path):

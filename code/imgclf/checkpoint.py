@@ -26,6 +26,7 @@ import torch
 
 from imgclf.atomic import atomic_torch_save
 from imgclf.failure import TrainingError
+from imgclf.transforms import DEFAULT_CROP_SCALE
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,9 @@ FORMAT = 2   # 1: checkpoint.pt + best.pt, pickled numpy RNG (weights_only=False
 
 #: Hyperparameters every resume must share with its checkpoint.
 RESUME_MUST_MATCH = ("arch", "lr", "batch_size", "optimizer", "weight_decay", "label_smoothing",
-                     "lr_schedule", "image_size", "freeze_backbone", "seed")
+                     "lr_schedule", "image_size", "crop_scale", "freeze_backbone", "seed")
+#: Values for names added after a checkpoint was written (its run used the default then).
+ADDED_LATER = {"crop_scale": DEFAULT_CROP_SCALE}
 #: ... and those that only matter for some settings: name -> when it matters.
 RESUME_MUST_MATCH_IF = {
     "momentum": lambda a: a.get("optimizer") == "sgd",
@@ -97,8 +100,9 @@ def differences(saved_args: dict, args: dict, saved_horizon: dict | None,
                                       if cond(args) or cond(saved_args)]
     differ = []
     for k in keys:
-        if saved_args.get(k) != args.get(k):
-            differ.append(f"{k}={saved_args.get(k)!r} (now {args.get(k)!r})" + (
+        saved = saved_args.get(k, ADDED_LATER.get(k))
+        if saved != args.get(k):
+            differ.append(f"{k}={saved!r} (now {args.get(k)!r})" + (
                 " - it sets the cosine schedule's horizon; extend with a new run from the "
                 "artifact (--weights model.pt), or use lr-schedule step/constant"
                 if k == "epochs" else ""))

@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("input pipeline and speed")
     option(g, "image-size", type=int, default=224, help="crop size fed to the network")
+    option(g, "resize-size", type=int, default=0,
+           help="evaluation and serving: resize the short side to this, then centre-crop "
+                "image-size (0 = image-size x 256/224, the ImageNet ratio; = image-size: no crop)")
+    option(g, "crop-scale", type=float, default=0.08,
+           help="augmentation: smallest share of the image area a random training crop keeps "
+                "(RandomResizedCrop scale=(crop-scale, 1); 0.08 = the ImageNet recipe, 1 = "
+                "position and aspect jitter only)")
     option(g, "num-workers", type=int, default=min(8, os.cpu_count() or 1),
            help="DataLoader worker processes (0 = load in the main process)")
     option(g, "amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
@@ -133,6 +140,9 @@ def validate(args: argparse.Namespace) -> None:
     need(args.step_size >= 1, f"step-size must be >= 1, got {args.step_size}")
     need(0 < args.gamma <= 1, f"gamma must be in (0, 1], got {args.gamma}")
     need(args.patience >= 0, f"patience must be >= 0, got {args.patience}")
+    need(args.resize_size == 0 or args.resize_size >= args.image_size,
+         f"resize-size must be 0 (auto) or >= image-size {args.image_size}, got {args.resize_size}")
+    need(0 < args.crop_scale <= 1, f"crop-scale must be in (0, 1], got {args.crop_scale}")
     need(16 <= args.image_size <= 1024, f"image-size must be in 16..1024, got {args.image_size}")
     need(args.num_workers >= 0, f"num-workers must be >= 0, got {args.num_workers}")
     need(args.processes_per_host >= 0, f"processes-per-host must be >= 0, got {args.processes_per_host}")

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from imgclf.failure import TrainingError
 from imgclf.images import ImageDecodeError
 from imgclf.layout import display_name, list_images  # noqa: F401 (display_name: re-exported)
-from imgclf.transforms import default_resize_size, eval_transform, load_uint8, train_transform
+from imgclf.transforms import (DEFAULT_CROP_SCALE, default_resize_size, eval_transform, load_uint8,
+                               train_transform)
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +151,16 @@ class ShardSampler(Sampler):
 
 
 def make_loaders(samples, image_size: int, batch_size: int, num_workers: int, rank: int = 0,
-                 world: int = 1, seed: int = 0, pin_memory: bool = False):
-    """Train loader (shuffled, per-rank shard) and eval loaders (in order, per-rank shard)."""
-    resize = default_resize_size(image_size)
+                 world: int = 1, seed: int = 0, pin_memory: bool = False,
+                 crop_scale: float = DEFAULT_CROP_SCALE, resize_size: int | None = None):
+    """Train loader (shuffled, per-rank shard) and eval loaders (in order, per-rank shard); eval
+    images are resized to ``resize_size`` (default: the ImageNet ratio) and centre-cropped."""
+    resize = resize_size or default_resize_size(image_size)
     common = dict(num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory)
     if num_workers > 0:
         common.update(persistent_workers=True, prefetch_factor=4)
-    train_ds = ImageFolderDataset(samples["train"], train_transform(image_size), draft_size=resize)
+    train_ds = ImageFolderDataset(samples["train"], train_transform(image_size, crop_scale),
+                                  draft_size=resize)
     if world > 1:
         train_sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, shuffle=True,
                                                             seed=seed, drop_last=True)

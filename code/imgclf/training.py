@@ -150,8 +150,10 @@ def run(args) -> int:
         test_split = "valid"
     log.info("data: %d classes; %s", len(classes),
              ", ".join(f"{s}={len(v)} images" for s, v in samples.items()))
+    resize = args.resize_size or default_resize_size(args.image_size)
     loaders = make_loaders(samples, args.image_size, args.batch_size, args.num_workers,
-                           info.rank, info.world, args.seed, pin_memory=device.type == "cuda")
+                           info.rank, info.world, args.seed, pin_memory=device.type == "cuda",
+                           crop_scale=args.crop_scale, resize_size=resize)
 
     weights = resolve_weights(args.weights)
     model = build_model(args.arch, len(classes), weights, args.freeze_backbone).to(device)
@@ -267,7 +269,7 @@ def run(args) -> int:
         if info.is_main:
             print(format_test_line(te["loss"], te["acc"]), flush=True)
             meta = ModelMeta(arch=args.arch, classes=classes, image_size=args.image_size,
-                             resize_size=default_resize_size(args.image_size),
+                             resize_size=resize,
                              hyperparameters=args_to_dict(args), metrics=final)
             state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             save_artifact(args.model_dir, state_dict, meta)
@@ -281,7 +283,7 @@ def run(args) -> int:
         from imgclf.evaluation import evaluate_job
         evaluate_job(model, samples[test_split], classes, getattr(splits, test_split),
                      os.path.join(args.output_data_dir, "evaluation"), device=device,
-                     image_size=args.image_size, resize_size=default_resize_size(args.image_size),
+                     image_size=args.image_size, resize_size=resize,
                      **norm, batch_size=args.batch_size, num_workers=args.num_workers,
                      rank=info.rank, world=info.world)
         # -- end of the evaluation report ------------------------------------------------------

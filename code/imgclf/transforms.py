@@ -26,9 +26,14 @@ def default_resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
-def train_transform(image_size: int) -> v2.Compose:
+DEFAULT_CROP_SCALE = 0.08  # torchvision's RandomResizedCrop default (the ImageNet recipe)
+
+
+def train_transform(image_size: int, crop_scale: float = DEFAULT_CROP_SCALE) -> v2.Compose:
+    """Random crop of ``crop_scale``..100% of the area (aspect 3/4..4/3) to ``image_size``, and a
+    horizontal flip."""
     return v2.Compose([
-        v2.RandomResizedCrop(image_size, antialias=True),
+        v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
     ])
 
