@@ -109,6 +109,35 @@ def test_batch_is_one_forward_pass(served, monkeypatch):
     assert calls == [torch.Size([3, 3, 32, 32])]
 
 
+def test_images_decoded_in_parallel_keep_their_order_and_errors_also_in_a_fork(served, monkeypatch):
+    import multiprocessing
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # a pool even on a 1-CPU runner
+    data = [encode(color_image(n, seed=40 + i)) for i, n in enumerate(CLASSES * 3)]
+    one_by_one = [handler.load_uint8(d, served.transform, draft_size=served.meta.resize_size)
+                  for d in data]
+    out = handler.decode_all(data[:4] + [b"not an image"] + data[4:], served)
+    assert isinstance(out.pop(4), handler.ImageDecodeError)
+    assert all(torch.equal(a, b) for a, b in zip(out, one_by_one)) and len(out) == len(data)
+    assert handler._decode_pool is not None and handler._decode_pool._max_workers == 3
+    with pytest.raises(BadRequest) as e:
+        handler.decode([data[0], b"junk"], served)
+    assert e.value.message.startswith("image 1: ") and e.value.status == 400
+
+    # MMS forks its workers: a child of a process whose pool exists must not wait on its threads
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    def child():
+        torch.set_num_threads(1)  # OpenMP itself is not fork-safe; the decode pool is under test
+        q.put(len(handler.decode_all(data, served)))
+    p = ctx.Process(target=child)
+    p.start()
+    p.join(60)
+    alive = p.is_alive()
+    if alive:
+        p.kill()
+    assert not alive and q.get(timeout=5) == len(data)
+
+
 def test_preprocessing_is_the_evaluation_definition(served):
     data = [encode(color_image(n, seed=i)) for i, n in enumerate(CLASSES)]
     m = served.meta

@@ -214,10 +214,19 @@ def parse_request(input_data, content_type: str | None, headers: dict) -> Infere
 _decode_pool: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist: its next use must make a new one."""
+    global _decode_pool
+    _decode_pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _pool() -> ThreadPoolExecutor | None:
     """Threads for decoding the images of a batch side by side (PIL and torch's resize release
     the GIL), as many as this process's torch threads; None on one thread. Made on first use, in
-    the worker process (MMS forks its workers)."""
+    the process that decodes (MMS forks its workers; a fork gets a pool of its own)."""
     global _decode_pool
     n = torch.get_num_threads()
     if n < 2:
