@@ -1023,3 +1023,21 @@ def test_every_command_has_help_and_dry_run():
         options = {o for a in parser._actions for o in a.option_strings}
         assert "--dry-run" in options and "--help" in options, path
         assert parser.format_help()
+
+
+@pytest.mark.parametrize("creates", [True, False])
+def test_ctrl_c_names_what_smctl_created_on_aws_and_only_that(stubs, monkeypatch, capsys, creates):
+    from smctl import cleanup
+
+    def interrupted(args, settings, api):
+        if creates:
+            stubs["sagemaker"].add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:{REGION}:"
+                                                             "123456789012:model/m"})
+            api.call("sagemaker", "create_model", ModelName="m", ExecutionRoleArn=ROLE,
+                     PrimaryContainer={"Image": IMAGE})
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cleanup, "run_cleanup", interrupted)
+    assert main(["cleanup", *base_args(), "--endpoint", "e", "--yes"], client_factory=stubs) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == ("smctl: interrupted; what it created on AWS (CreateModel) is still there"
+                   if creates else "smctl: interrupted")

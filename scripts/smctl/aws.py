@@ -30,6 +30,7 @@ class Api:
         self.settings = settings
         self.dry_run = dry_run
         self.requests: list[dict[str, Any]] = []
+        self.created: list[str] = []  # Create* operations sent (not dry-run): what outlives smctl
         self._factory = client_factory
         self._clients: dict[str, Any] = {}
         self._session = None
@@ -78,7 +79,10 @@ class Api:
             self.requests.append({"service": service, "operation": op, "region": self.region,
                                   "request": params})
             return None
-        return getattr(self.client(service), method)(**params)
+        out = getattr(self.client(service), method)(**params)
+        if method.startswith("create_"):
+            self.created.append(operation_name(method))
+        return out
 
     def record(self, kind: str, **details: Any) -> None:
         """Record a non-AWS side effect (a docker command, a local file write) for dry-run output."""
@@ -86,6 +90,11 @@ class Api:
 
 
 _models: dict[str, Any] = {}
+
+
+def operation_name(method: str) -> str:
+    """boto3's method name as the API operation: create_training_job -> CreateTrainingJob."""
+    return "".join(part.capitalize() for part in method.split("_"))
 
 
 def service_model(service: str):

@@ -95,6 +95,7 @@ def _json_default(o):
 
 def main(argv: Sequence[str] | None = None, client_factory: ClientFactory | None = None) -> int:
     args = build_parser().parse_args(argv)
+    api = None
     try:
         flags = {k: v for k, v in vars(args).items() if k in _SETTING_FLAGS and v is not None}
         settings = load_settings(flags, getattr(args, "config", None))
@@ -104,8 +105,9 @@ def main(argv: Sequence[str] | None = None, client_factory: ClientFactory | None
             print(json.dumps(api.requests, indent=2, default=_json_default))
         return rc
     except KeyboardInterrupt:
-        print("smctl: interrupted (jobs already started keep running on SageMaker)",
-              file=sys.stderr)
+        sent = sorted(set(api.created)) if api is not None else []
+        print("smctl: interrupted" + (f"; what it created on AWS ({', '.join(sent)}) is still "
+                                      f"there" if sent else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - mapped to one line below, else re-raised
         err = explain(exc)
