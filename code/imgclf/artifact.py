@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from imgclf.atomic import atomic_torch_save, atomic_write_json
+from imgclf.failure import UserError
 
 WEIGHTS_FILE = "model.pt"
 META_FILE = "model.json"
@@ -29,7 +30,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ArtifactError(Exception):
+class ArtifactError(UserError):
     """The model directory is missing, incomplete or inconsistent."""
 
 

@@ -19,7 +19,13 @@ log = logging.getLogger(__name__)
 FAILURE_REASON_MAX = 1024  # DescribeTrainingJob FailureReason limit
 
 
-class TrainingError(Exception):
+class UserError(Exception):
+    """A problem the user can fix; its message is the whole failure reason (no traceback).
+    The errors of the modules above (artifact, images, models) derive from it, so this module
+    needs none of them."""
+
+
+class TrainingError(UserError):
     """A problem the user can fix (bad data, bad hyperparameter...); the message says how."""
 
 
@@ -39,11 +45,7 @@ def fail(output_dir: str | None, exc: BaseException,
 
     ``reason(message)`` may replace the message written (DDP: the first failing rank's).
     """
-    from imgclf.artifact import ArtifactError
-    from imgclf.images import ImageDecodeError
-    from imgclf.models import ModelError
-    expected = (TrainingError, ModelError, ArtifactError, ImageDecodeError)
-    if isinstance(exc, expected):
+    if isinstance(exc, UserError):
         message = str(exc)
     else:  # a bug or an environment problem: keep the traceback in the log, not in the reason
         traceback.print_exception(exc, file=sys.stderr)

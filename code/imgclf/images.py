@@ -14,6 +14,8 @@ from typing import BinaryIO, Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imgclf.failure import UserError
+
 #: Pixel limit against decompression bombs (width x height); override with IMGCLF_MAX_PIXELS.
 MAX_PIXELS = int(os.environ.get("IMGCLF_MAX_PIXELS", str(64 * 1024 * 1024)))
 # decode_image checks the header's size against MAX_PIXELS before any pixel is decoded, so PIL's
@@ -25,7 +27,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 Source = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(UserError, ValueError):
     """The input is not an image this project can read (empty, corrupt, truncated, too big)."""
 
 

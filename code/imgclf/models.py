@@ -20,6 +20,8 @@ import torch
 import torchvision
 from torch import nn
 
+from imgclf.failure import UserError
+
 log = logging.getLogger(__name__)
 
 # Architectures with auxiliary classifiers: trained and served without them (the loop expects
@@ -38,7 +40,7 @@ def _drop_aux_heads(model: nn.Module, arch: str) -> None:
         setattr(model, name, None)
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """Unknown architecture or unusable weights; the message says what to do."""
 
 
