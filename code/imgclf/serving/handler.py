@@ -211,7 +211,7 @@ def parse_request(input_data, content_type: str | None, headers: dict) -> Infere
 
 
 # -------------------------------------------------------------------------------- predict_fn
-_decode_pool: ThreadPoolExecutor | None = None
+_decode_pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, pool)
 
 
 def _forget_pool() -> None:
@@ -231,9 +231,11 @@ def _pool() -> ThreadPoolExecutor | None:
     n = torch.get_num_threads()
     if n < 2:
         return None
-    if _decode_pool is None or _decode_pool._max_workers != n:
-        _decode_pool = ThreadPoolExecutor(n, thread_name_prefix="imgclf-decode")
-    return _decode_pool
+    if _decode_pool is None or _decode_pool[0] != n:
+        if _decode_pool is not None:
+            _decode_pool[1].shutdown(wait=False)  # torch's thread count changed
+        _decode_pool = (n, ThreadPoolExecutor(n, thread_name_prefix="imgclf-decode"))
+    return _decode_pool[1]
 
 
 def decode_all(images: list[bytes], served: ServedModel) -> list[torch.Tensor | ImageDecodeError]:
