@@ -79,9 +79,10 @@ class Api:
             self.requests.append({"service": service, "operation": op, "region": self.region,
                                   "request": params})
             return None
-        out = getattr(self.client(service), method)(**params)
+        client = self.client(service)
+        out = getattr(client, method)(**params)
         if method.startswith("create_"):
-            self.created.append(operation_name(method))
+            self.created.append(client.meta.method_to_api_mapping.get(method, method))
         return out
 
     def record(self, kind: str, **details: Any) -> None:
@@ -90,11 +91,6 @@ class Api:
 
 
 _models: dict[str, Any] = {}
-
-
-def operation_name(method: str) -> str:
-    """boto3's method name as the API operation: create_training_job -> CreateTrainingJob."""
-    return "".join(part.capitalize() for part in method.split("_"))
 
 
 def service_model(service: str):
