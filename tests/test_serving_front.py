@@ -10,7 +10,9 @@ import socket
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from imgclf.serving import bundle
 from imgclf.serving.front import Front
 from imgclf.serving.settings import ServerSettings
 
@@ -193,3 +195,166 @@ def test_ping_needs_ready_workers_in_mms_and_live_worker_processes():
                                     live_workers=lambda: live)
     assert asyncio.run(main(1)) == (200, {"status": "Healthy", "workers": 1})
     assert asyncio.run(main(0)) == (503, {"status": "Unhealthy", "workers": 0})
+
+
+# ------------------------------------------------------------------------------- batching
+TOKEN = "t0ken"
+
+
+class BundleUpstream:
+    """A stand-in for MMS + one worker, over real HTTP: one job at a time (``workers`` of them),
+    each taking ``forward_s``; a bundle (:mod:`imgclf.serving.bundle`) is answered part by part:
+    ``b"bad..."`` parts with 400, others with 200 and their own body echoed. Records each job
+    (how many requests it carried, when it arrived, the headers it saw)."""
+
+    def __init__(self, forward_s: float = 0.1, workers: int = 1, status: int = 200):
+        self.forward_s, self.status = forward_s, status
+        self.jobs: list[tuple[int, float, dict]] = []
+        self.lock = asyncio.Semaphore(workers)
+
+    @staticmethod
+    def answer_one(body: bytes) -> tuple[int, bytes]:
+        if body.startswith(b"bad"):
+            return 400, json.dumps({"error": "bad image", "status": 400}).encode()
+        return 200, json.dumps({"echo": body.decode()}).encode()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = dict(request.headers)
+        is_bundle = bundle.is_bundle(headers, {bundle.TOKEN_ENV: TOKEN})
+        parts = bundle.decode(body) if is_bundle else [({"headers": headers}, body)]
+        self.jobs.append((len(parts) if is_bundle else 1, asyncio.get_running_loop().time(),
+                          headers))
+        async with self.lock:
+            await asyncio.sleep(self.forward_s)
+        if self.status != 200:
+            return web.json_response({"code": self.status, "message": "Worker died."},
+                                     status=self.status)
+        if not is_bundle:
+            status, out = self.answer_one(body)
+            return web.Response(status=status, body=out)
+        answers = [self.answer_one(part) for _, part in parts]
+        return web.Response(body=bundle.encode([({"status": st}, out) for st, out in answers]))
+
+    async def __aenter__(self):
+        app = web.Application(client_max_size=64 * MB)
+        app.router.add_route("POST", "/predictions/model", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.runner.cleanup()
+
+
+def batching_front(up: BundleUpstream, workers: int = 1, delay_ms: float = 50,
+                   max_batch: int = 8, max_body: int = MB) -> Front:
+    front = Front(f"http://127.0.0.1:{up.port}", f"http://127.0.0.1:{free_port()}", max_body,
+                  workers=workers, timeout_s=10, max_batch_size=max_batch,
+                  max_batch_delay_ms=delay_ms, bundle_token=TOKEN)
+    front.ready = True
+    return front
+
+
+async def post_all(client, url, bodies, headers=None):
+    async def one(body):
+        async with client.post(url + "/invocations", data=body, headers={
+                "Content-Type": "image/jpeg", **(headers or {})}) as r:
+            return r.status, r.headers.get("Content-Type"), await r.json()
+    return await asyncio.gather(*(one(b) for b in bodies))
+
+
+def test_concurrent_requests_share_jobs_and_each_gets_its_own_answer():
+    """20 at once, one bad among them, one worker: after the first (it finds the worker idle and
+    goes alone) they go as bundles of at most max_batch; every client gets its own body and
+    status, the bad one alone fails."""
+    bodies = [b"bad-7" if i == 7 else f"img-{i}".encode() for i in range(20)]
+
+    async def main():
+        async with BundleUpstream(forward_s=0.1) as up:
+            out = await serve_front(batching_front(up, max_batch=8),
+                                    lambda client, url: post_all(client, url, bodies))
+            return out, [n for n, _, _ in up.jobs]
+    results, jobs = asyncio.run(main())
+    for body, (status, ctype, doc) in zip(bodies, results):
+        assert ctype == "application/json"
+        if body == b"bad-7":
+            assert status == 400 and doc["status"] == 400
+        else:
+            assert (status, doc) == (200, {"echo": body.decode()})
+    assert sum(jobs) == 20 and max(jobs) <= 8
+    assert jobs[0] == 1 and len(jobs) <= 4, jobs  # 1 + 8 + 8 + 3
+
+
+def test_a_request_that_finds_the_server_idle_is_not_delayed():
+    """A long batch delay (2 s) costs nothing to lone requests, one after another, nor to one
+    that comes after a bundle once the delay has passed: each reaches the model at once."""
+    async def main():
+        async with BundleUpstream(forward_s=0.02) as up:
+            async def calls(client, url):
+                loop = asyncio.get_running_loop()
+                lone = []
+                for i in range(3):
+                    t0 = loop.time()
+                    await post_all(client, url, [f"one-{i}".encode()])
+                    lone.append(loop.time() - t0)
+                await post_all(client, url, [f"b-{i}".encode() for i in range(6)])
+                await asyncio.sleep(2.2)
+                t0 = loop.time()
+                await post_all(client, url, [b"after"])
+                return lone, loop.time() - t0
+            out = await serve_front(batching_front(up, delay_ms=2000), calls)
+            return out, [n for n, _, _ in up.jobs]
+    (lone, after), jobs = asyncio.run(main())
+    assert max(lone) < 1.0 and after < 1.0, (lone, after)
+    assert jobs[:3] == [1, 1, 1] and jobs[-1] == 1 and sum(jobs) == 10
+
+
+def test_right_after_a_bundle_the_queue_waits_for_its_clients_to_come_back():
+    """8 clients in a closed loop: answered together, they send their next requests a little
+    apart; the front waits (up to the delay) for all 8 instead of sending the first alone."""
+    async def main():
+        async with BundleUpstream(forward_s=0.05) as up:
+            async def client_loop(client, url, i):
+                for r in range(4):
+                    await asyncio.sleep(0.005 * i)  # the clients come back spread over 35 ms
+                    await post_all(client, url, [f"c{i}-r{r}".encode()])
+
+            async def calls(client, url):
+                await asyncio.gather(*(client_loop(client, url, i) for i in range(8)))
+            await serve_front(batching_front(up, delay_ms=200, max_batch=8), calls)
+            return [n for n, _, _ in up.jobs]
+    jobs = asyncio.run(main())
+    assert sum(jobs) == 32 and jobs.count(8) >= 2, jobs
+
+
+def test_bundles_respect_the_byte_limit_and_a_client_cannot_forge_one():
+    big = b"x" * 700_000  # two: over what a bundle of 2 under a 1 MB payload limit may carry
+
+    async def main():
+        async with BundleUpstream(forward_s=0.1) as up:
+            async def calls(client, url):
+                await post_all(client, url, [b"first"])  # then a warm upstream connection
+                return await post_all(client, url, [big + bytes([65 + i]) for i in range(3)],
+                                      headers={bundle.TOKEN_HEADER: TOKEN})
+            out = await serve_front(batching_front(up, max_body=MB, max_batch=2), calls)
+            return out, up.jobs
+    results, jobs = asyncio.run(main())
+    assert [s for s, _, _ in results] == [200, 200, 200]
+    assert [doc["echo"][-1] for _, _, doc in results] == ["A", "B", "C"]
+    assert [n for n, _, _ in jobs] == [1, 1, 1, 1]  # one per job, 1.4 MB > 1.3 MB
+    # the client's own X-Imgclf-Bundle header never reaches the model
+    assert all(bundle.TOKEN_HEADER.lower() not in {k.lower() for k in h} for _, _, h in jobs)
+
+
+def test_a_failed_bundle_fails_each_of_its_requests_with_the_model_servers_answer():
+    async def main():
+        async with BundleUpstream(forward_s=0.1, status=503) as up:
+            return await serve_front(batching_front(up), lambda client, url: post_all(
+                client, url, [f"img-{i}".encode() for i in range(5)]))
+    results = asyncio.run(main())
+    assert [s for s, _, _ in results] == [503] * 5
+    assert all(doc["message"] == "Worker died." for _, _, doc in results)

@@ -14,7 +14,8 @@ from mms.context import Context, RequestProcessor
 
 from imgclf.artifact import ArtifactError, ModelMeta, save_artifact
 from imgclf.models import build_model
-from imgclf.serving import content_types, handler, handler_service, server
+from imgclf.serving import bundle, content_types, handler, handler_service, server
+from imgclf.serving.front import MAX_HEAD
 from imgclf.serving.plan import plan_workers
 from imgclf.serving.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 from imgclf.serving.transformer import ImgclfTransformer
@@ -311,6 +312,57 @@ def test_transformer_batch_each_request_its_own_headers_topk_and_error(model_dir
     assert all(p.get_response_headers() == {} for p in procs)  # see the transformer module
 
 
+def test_transformer_answers_a_bundle_part_by_part_in_one_forward(model_dir, monkeypatch):
+    """A bundle from the front (imgclf.serving.bundle) is one MMS request: its parts are
+    answered each with its own status, top-k and Accept, in one forward; the reply is one 200.
+    Without the server's token the same body is just an unsupported content type."""
+    monkeypatch.setenv(bundle.TOKEN_ENV, "s3cret")
+    t = ImgclfTransformer()
+    t.validate_and_initialize(model_dir, context(model_dir))
+    parts = [({"headers": {"Content-Type": "image/jpeg",
+                           "X-Amzn-SageMaker-Custom-Attributes": "topk=2"}},
+              encode(color_image("green", seed=71))),
+             ({"headers": {"Content-Type": "image/jpeg"}}, truncated_jpeg()),
+             ({"headers": {"Content-Type": "image/jpeg", "Accept": "text/csv"}},
+              encode(color_image("red", seed=72))),
+             ({"headers": {"Content-Type": "application/json"}},
+              json.dumps({"images": [b64(encode(color_image("blue", seed=73)))] * 2}).encode())]
+    body = bundle.encode(parts)
+    calls = []
+    forward = t._model.path.forward
+    monkeypatch.setattr(t._model.path, "forward", lambda x: calls.append(x.shape[0]) or forward(x))
+    ctx = context(model_dir, {"Content-Type": bundle.CONTENT_TYPE, bundle.TOKEN_HEADER: "s3cret"})
+    out = t.transform([{"body": bytearray(body)}], ctx)
+    assert ctx.request_processor[0].get_response_status_code() == 200
+    answers = bundle.decode(out[0])
+    assert [meta["status"] for meta, _ in answers] == [200, 400, 406, 200]
+    docs = [json.loads(a) for _, a in answers]
+    assert labels(answers[0][1]) == ["green"] and len(docs[0]["predictions"][0]["topk"]) == 2
+    assert "truncated" in docs[1]["error"] and labels(answers[3][1]) == ["blue", "blue"]
+    assert calls == [3]  # green + two blues; the 406 one never decoded
+    for token in ("wrong", None):
+        headers = {"Content-Type": bundle.CONTENT_TYPE}
+        if token:
+            headers[bundle.TOKEN_HEADER] = token
+        ctx = context(model_dir, headers)
+        out = t.transform([{"body": bytearray(body)}], ctx)
+        assert ctx.request_processor[0].get_response_status_code() == 415, out
+
+
+@pytest.mark.parametrize("data", [b"", b"no head line", b'{"parts": 3}\n', b'[]\n',
+                                  b'{"parts": [{"length": 5}]}\nabc',
+                                  b'{"parts": [{"length": -1}]}\n',
+                                  b'{"parts": [{"length": 1}]}\nab'])
+def test_malformed_bundles_are_refused(data):
+    with pytest.raises(ValueError):
+        bundle.decode(data)
+
+
+def test_bundle_round_trip_keeps_parts_in_order_byte_for_byte():
+    parts = [({"status": 200}, b"\n{}\n"), ({"headers": {"A": "b"}}, b""), ({}, bytes(range(256)))]
+    assert bundle.decode(bundle.encode(parts)) == parts
+
+
 def test_handler_service_module_has_exactly_one_class():
     mod = importlib.import_module(handler_service.__name__)
     own = [c for _, c in inspect.getmembers(mod, inspect.isclass) if c.__module__ == mod.__name__]
@@ -340,7 +392,11 @@ def test_mms_properties_honour_sagemaker_env(monkeypatch, tmp_path):
                  server.mms_properties(1234, 1235, plan, s).splitlines())
     assert props["default_response_timeout_seconds"] == "17"  # not MMS's minutes key
     assert "default_response_timeout" not in props
-    assert props["max_request_size"] == str(3 * 2**20)
+    # MMS takes the largest bundle the front sends: bodies up to the payload limit together,
+    # each request with a full head of headers, even of characters JSON writes twice as long
+    n, head = s.max_batch_size, '"\xff' * (MAX_HEAD // 2 - 40)
+    worst = bundle.encode([({"headers": {"X-H": head}}, b"\xff" * (3 * 2**20 // n))] * n)
+    assert len(worst) <= int(props["max_request_size"]) < 3 * 2**20 + 3 * n * MAX_HEAD
     assert props["default_workers_per_model"] == "5"
     assert props["inference_address"] == "http://127.0.0.1:1234"
     assert props["default_service_handler"] == "imgclf.serving.handler_service"

@@ -18,9 +18,16 @@ first second and:
 - refuses a body over the payload limit with 413 JSON before reading it (Content-Length), or as
   soon as a chunked body passes the limit; a body that does not arrive within
   ``body_timeout_s`` gets 408;
-- forwards everything else to MMS with a fresh body framing (Content-Length), hop-by-hop
-  headers dropped; an upstream keep-alive connection that went stale while idle is retried
-  once on a new one; anything unparseable from upstream is a 502 JSON;
+- batches ``/invocations``: requests that arrive while every worker is busy wait in a queue,
+  and a worker that comes free gets the queue (up to ``max_batch_size`` requests and the payload
+  limit in bytes) as ONE MMS job, a bundle (:mod:`imgclf.serving.bundle`), predicted in one
+  forward, each request answered with its own status and body. A lone request goes to MMS as it
+  came. Right after a bundle is answered, the queue waits up to ``max_batch_delay`` for as many
+  requests as that bundle had (its clients sending their next ones); a request that finds the
+  server idle is never delayed (:meth:`Front._wait_s`);
+- forwards to MMS with a fresh body framing (Content-Length), hop-by-hop headers dropped; an
+  upstream keep-alive connection that went stale while idle is retried once on a new one;
+  anything unparseable from upstream is a 502 JSON;
 - on :meth:`Front.stop` stops accepting, lets requests in flight finish for a grace period,
   then returns (the server stops MMS after that).
 """
@@ -28,13 +35,16 @@ first second and:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
-import time
+from dataclasses import dataclass
 
 import aiohttp
 import yarl
 from aiohttp import web
+
+from imgclf.serving import bundle
 
 log = logging.getLogger("imgclf.serving.front")
 
@@ -46,6 +56,8 @@ PING_TIMEOUT_S = 1.5  # SageMaker wants /ping within 2 s, batch transform too
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
     "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Expect"))
+# not passed on from clients: hop-by-hop, and the header that marks the front's own bundles
+DROP_HEADERS = HOP_BY_HOP | {bundle.TOKEN_HEADER.lower()}
 
 
 def json_response(status: int, doc: dict) -> web.Response:
@@ -54,6 +66,21 @@ def json_response(status: int, doc: dict) -> web.Response:
 
 def error(status: int, message: str) -> web.Response:
     return json_response(status, {"error": message, "status": status})
+
+
+def _error_triple(status: int, message: str) -> tuple[int, list, bytes]:
+    return status, [], json.dumps({"error": message, "status": status}).encode()
+
+
+@dataclass
+class _Pending:
+    """A request waiting in the front's queue for the model."""
+
+    headers: list[tuple[str, str]]
+    body: bytes
+    query: str
+    future: asyncio.Future
+    size: int  # bytes it adds to a bundle
 
 
 class JsonErrorHandler(web.RequestHandler):
@@ -79,7 +106,8 @@ class JsonErrorHandler(web.RequestHandler):
 class Front:
     def __init__(self, inference: str, management: str, max_body: int, workers: int,
                  timeout_s: float, body_timeout_s: float = 30, model_name: str = MODEL_NAME,
-                 live_workers=None):
+                 live_workers=None, max_batch_size: int = 1, max_batch_delay_ms: float = 0,
+                 bundle_token: str = ""):
         self.inference = inference.rstrip("/")  # http://127.0.0.1:PORT of MMS
         self.management = management.rstrip("/")
         self.max_body = max_body
@@ -95,14 +123,25 @@ class Front:
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self.grace_s = 30.0
+        # batching (see submit): requests waiting, bundles in flight (at most one per worker)
+        self.max_batch_size = max_batch_size if bundle_token else 1
+        self.max_batch_delay_s = max_batch_delay_ms / 1000
+        self.bundle_token = bundle_token
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._busy = 0
+        self._expected = 1  # the company to wait for: the last bundle's requests + those queued
+        self._last_done = float("-inf")
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     @classmethod
     def from_settings(cls, s, workers: int, inference_port: int, management_port: int,
-                      live_workers=None) -> "Front":
+                      live_workers=None, bundle_token: str = "") -> "Front":
         """The front ``serve`` runs (``s``: :class:`imgclf.serving.settings.ServerSettings`)."""
         return cls(f"http://127.0.0.1:{inference_port}", f"http://127.0.0.1:{management_port}",
                    s.max_payload_bytes, workers, s.timeout_s, s.body_timeout_s,
-                   live_workers=live_workers)
+                   live_workers=live_workers, max_batch_size=s.max_batch_size,
+                   max_batch_delay_ms=s.max_batch_delay_ms, bundle_token=bundle_token)
 
     # ------------------------------------------------------------------------- upstream
     @property
@@ -143,56 +182,154 @@ class Front:
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
 
-    async def register(self, model_url: str, workers: int, batch_size: int,
-                       max_batch_delay_ms: int) -> None:
-        """Register the model through MMS's management API: the only way to give it a batch size
-        (models named at MMS start get batch_size 1). Returns once MMS accepted it; the workers
-        load in the background (``synchronous=false``)."""
+    async def register(self, model_url: str, workers: int) -> None:
+        """Register the model through MMS's management API, with its response timeout and MMS
+        batch size 1 (the front batches: :mod:`imgclf.serving.bundle` says why). Returns once
+        MMS accepted it; the workers load in the background (``synchronous=false``)."""
         params = {"url": model_url, "model_name": self.model_name, "initial_workers": str(workers),
-                  "batch_size": str(batch_size), "max_batch_delay": str(max_batch_delay_ms),
-                  "synchronous": "false", "response_timeout": str(int(self.timeout_s))}
+                  "batch_size": "1", "synchronous": "false",
+                  "response_timeout": str(int(self.timeout_s))}
         async with self.session.post(f"{self.management}/models", params=params,
                                      timeout=aiohttp.ClientTimeout(total=60)) as r:
             text = await r.text()
             if r.status >= 300:
                 raise RuntimeError(f"MMS refused the model registration: {r.status} {text[:300]}")
 
-    async def forward(self, request: web.Request, body: bytes) -> web.StreamResponse:
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+    async def upstream(self, headers: list[tuple[str, str]], body: bytes, query: str = ""
+                       ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """POST to the model's predictions API: ``(status, end-to-end headers, body)``; an error
+        of our own (502/504 JSON) when MMS can't be reached or answers nonsense."""
         # MMS only routes /invocations to a model named at its start; ours is registered through
-        # the management API (for its batch size), so requests go to its predictions API
-        query = request.raw_path.partition("?")[2]
+        # the management API, so requests go to its predictions API
         url = yarl.URL(f"{self.inference}/predictions/{self.model_name}"
                        + (f"?{query}" if query else ""), encoded=True)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s + 10)
         for attempt in (1, 2):
             try:
-                async with self.session.request(request.method, url, headers=headers, data=body,
-                                                timeout=timeout, allow_redirects=False) as r:
+                async with self.session.post(url, headers=headers, data=body, timeout=timeout,
+                                             allow_redirects=False) as r:
                     data = await r.read()
-                    out = [(k, v) for k, v in r.headers.items()
-                           if k.lower() not in HOP_BY_HOP and k.lower() != "content-type"]
-                    # every answer of the handler is JSON; the workers set no Content-Type (see
-                    # imgclf.serving.transformer on MMS's reply decoder) and MMS's own errors
-                    # are JSON too
-                    out.append(("Content-Type", "application/json"))
-                    return web.Response(status=r.status, body=data, headers=out)
+                    return r.status, [(k, v) for k, v in r.headers.items()
+                                      if k.lower() not in HOP_BY_HOP], data
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
                 # an idle keep-alive connection MMS closed meanwhile: once more on a new one
                 if attempt == 1:
                     log.info("upstream connection failed (%s): retrying once", type(e).__name__)
                     continue
                 log.warning("model server unreachable: %s", e)
-                return error(502, "model server unavailable")
+                return _error_triple(502, "model server unavailable")
             except asyncio.TimeoutError:
-                return error(504, f"no answer from the model within {self.timeout_s:.0f} s")
+                return _error_triple(504, f"no answer from the model within {self.timeout_s:.0f} s")
             except aiohttp.ClientResponseError as e:  # unparseable status line or headers
                 log.warning("bad response from the model server: %s", e)
-                return error(502, "bad response from the model server")
+                return _error_triple(502, "bad response from the model server")
             except aiohttp.ClientError as e:
                 log.warning("model server failed: %s", e)
-                return error(502, "model server unavailable")
+                return _error_triple(502, "model server unavailable")
         raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------------- batching
+    def submit(self, headers: list[tuple[str, str]], body: bytes, query: str
+               ) -> asyncio.Future:
+        """Queue one request for the model; the future gets its ``web.Response``."""
+        fut = asyncio.get_running_loop().create_future()
+        size = bundle.part_bytes({"headers": dict(headers)}, body)
+        self._queue.append(_Pending(headers, body, query, fut, size))
+        self._dispatch()
+        return fut
+
+    def _wait_s(self, now: float) -> float:
+        """How long the queue should wait for company before it goes: 0 once it holds as many
+        requests as were in the front when the last bundle was answered (that bundle's and
+        those queued then), or when the server has been idle for longer than the batch delay (a
+        request that finds the server idle is never delayed); else what is left of the delay
+        since the last answer, while the clients just answered send their next requests."""
+        if len(self._queue) >= self._expected:
+            return 0.0
+        return max(0.0, self._last_done + self.max_batch_delay_s - now)
+
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue and self._busy < self.workers:
+            wait = self._wait_s(loop.time())
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = loop.call_later(wait, self._on_timer)
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            batch = self._take()
+            if batch:
+                self._busy += 1
+                task = loop.create_task(self._run(batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _take(self) -> list["_Pending"]:
+        """The oldest queued requests, at most ``max_batch_size`` of them and a bundle of at most
+        :func:`imgclf.serving.bundle.request_limit` bytes (one request always fits: it goes as
+        it came); requests whose client went away are dropped."""
+        limit = bundle.request_limit(self.max_body, self.max_batch_size, MAX_HEAD)
+        batch, size = [], 0
+        while self._queue and len(batch) < self.max_batch_size:
+            p = self._queue[0]
+            if p.future.done():  # cancelled: the client disconnected while it waited
+                self._queue.popleft()
+                continue
+            if batch and size + p.size > limit:
+                break
+            batch.append(self._queue.popleft())
+            size += p.size
+        return batch
+
+    async def _run(self, batch: list["_Pending"]) -> None:
+        try:
+            if len(batch) == 1:
+                p = batch[0]
+                status, headers, data = await self.upstream(p.headers, p.body, p.query)
+                answers = [(status, [h for h in headers if h[0].lower() != "content-type"], data)]
+            else:
+                answers = await self._bundle(batch)
+            for p, (status, headers, data) in zip(batch, answers):
+                if not p.future.done():
+                    # every answer of the handler is JSON; the workers set no Content-Type (see
+                    # imgclf.serving.transformer on MMS's reply decoder), MMS's own errors are JSON
+                    p.future.set_result(web.Response(
+                        status=status, body=data,
+                        headers=[*headers, ("Content-Type", "application/json")]))
+        except Exception as e:  # noqa: BLE001 - never leave a client waiting
+            log.exception("batch of %d failed in the front", len(batch))
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(e)
+        finally:
+            self._busy -= 1
+            self._last_done = asyncio.get_running_loop().time()
+            # the clients just answered are likely to send again, and those queued are here
+            self._expected = min(self.max_batch_size, len(batch) + len(self._queue))
+            self._dispatch()
+
+    async def _bundle(self, batch: list["_Pending"]) -> list[tuple[int, list, bytes]]:
+        body = bundle.encode([({"headers": dict(p.headers)}, p.body) for p in batch])
+        headers = [("Content-Type", bundle.CONTENT_TYPE), (bundle.TOKEN_HEADER, self.bundle_token)]
+        status, out_headers, data = await self.upstream(headers, body)
+        if status == 200:
+            try:
+                parts = bundle.decode(data)
+                if len(parts) == len(batch):
+                    return [(int(meta.get("status", 500)), [], part) for meta, part in parts]
+                log.error("bundle of %d answered with %d parts", len(batch), len(parts))
+            except ValueError as e:
+                log.error("bundle answer unreadable: %s", e)
+            status, out_headers, data = _error_triple(502, "bad response from the model server")
+        # MMS's own error (a worker died, a timeout) or ours: every request of the bundle gets it
+        out_headers = [h for h in out_headers if h[0].lower() != "content-type"]
+        return [(status, out_headers, data)] * len(batch)
 
     # -------------------------------------------------------------------------- routes
     async def ping(self, request: web.Request) -> web.Response:
@@ -236,7 +373,8 @@ class Front:
             return self._closing(body)
         if not self.ready:
             return error(503, "model workers are still loading; retry when /ping answers 200")
-        return await self.forward(request, body)
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in DROP_HEADERS]
+        return await self.submit(headers, body, request.raw_path.partition("?")[2])
 
     async def not_found(self, request: web.Request) -> web.Response:
         return self._closing(error(404, f"no such endpoint {request.method} {request.path}; "

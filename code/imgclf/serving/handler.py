@@ -305,7 +305,9 @@ def predict_batch(requests: list[InferenceRequest], served: ServedModel
         mine, start = flat[start:start + len(req.images)], start + len(req.images)
         decoded.append(_first_bad(mine) or mine)
     tensors = [t for d in decoded if not isinstance(d, BadRequest) for t in d]
-    probs = forward(served, torch.stack(tensors)) if tensors else None
+    n = max(1, settings.max_images())  # forwards of at most this many images (memory bound)
+    probs = torch.cat([forward(served, torch.stack(tensors[i:i + n]))
+                       for i in range(0, len(tensors), n)]) if tensors else None
     out, start = [], 0
     for req, d in zip(requests, decoded):
         if isinstance(d, BadRequest):

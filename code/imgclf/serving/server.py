@@ -9,9 +9,10 @@
 3. Start MMS (the JVM, as ``multi-model-server --start`` would, minus its global pid file) on
    loopback ports, in its own process group, with a config written to a private run directory
    (never /etc or the working directory), logs to stdout, and the handler service of this
-   package. The model is registered through MMS's management API with the batch size and
-   delay (IMGCLF_MAX_BATCH_SIZE / IMGCLF_MAX_BATCH_DELAY_MS) and the workers of the thread plan
-   (:mod:`imgclf.serving.plan`). Workers load and warm the model in ``initialize``.
+   package. The model is registered through MMS's management API with the workers of the
+   thread plan (:mod:`imgclf.serving.plan`) and MMS batch size 1: the front batches concurrent
+   requests itself (IMGCLF_MAX_BATCH_SIZE / IMGCLF_MAX_BATCH_DELAY_MS), one MMS job per batch
+   (:mod:`imgclf.serving.bundle`). Workers load and warm the model in ``initialize``.
 4. When every worker is READY in the management API (MMS's own /ping says "Healthy" long
    before), /ping turns 200: the first request pays no loading.
 5. SIGTERM/SIGINT: the front stops accepting and lets requests in flight finish (up to
@@ -28,6 +29,7 @@ import asyncio
 import gc
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -40,8 +42,8 @@ from dataclasses import dataclass
 import psutil
 
 from imgclf import resources
-from imgclf.serving import content_types, handler
-from imgclf.serving.front import Front
+from imgclf.serving import bundle, content_types, handler
+from imgclf.serving.front import MAX_HEAD, Front
 from imgclf.serving.plan import WorkerPlan, plan_workers, worker_env
 from imgclf.serving.settings import ServerSettings
 
@@ -86,7 +88,9 @@ def mms_properties(inference_port: int, management_port: int, plan: WorkerPlan,
         # seconds; MMS's plain default_response_timeout is in MINUTES (x60 in ConfigManager),
         # so the toolkit's SAGEMAKER_MODEL_SERVER_TIMEOUT=60 means an hour there
         "default_response_timeout_seconds": s.timeout_s,
-        "max_request_size": s.max_payload_bytes,
+        # the front's bundles (imgclf.serving.bundle), not only one request's body
+        "max_request_size": bundle.request_limit(s.max_payload_bytes, s.max_batch_size,
+                                                 MAX_HEAD),
         "decode_input_request": "false",
         "enable_envvars_config": "true",  # MMS_* variables still tune MMS, as in the toolkit
     }
@@ -106,8 +110,9 @@ def mms_command(config_file: str, s: ServerSettings, run_dir: str) -> list[str]:
             "--python", sys.executable, "-f", config_file, "-s", "/"]
 
 
-def mms_env(plan: WorkerPlan, run_dir: str) -> dict[str, str]:
+def mms_env(plan: WorkerPlan, run_dir: str, bundle_token: str = "") -> dict[str, str]:
     env = dict(os.environ)
+    env[bundle.TOKEN_ENV] = bundle_token  # the workers take bundles only from our front
     path = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = CODE_DIR + (os.pathsep + path if path else "")
     env.update(worker_env(plan))  # before any worker imports torch
@@ -232,11 +237,11 @@ async def wait_for_workers(front: Front, proc: subprocess.Popen, plan: WorkerPla
             return False
         if not registered:
             try:
-                await front.register(os.path.abspath(s.model_dir), plan.workers, s.max_batch_size,
-                                     s.max_batch_delay_ms)
+                await front.register(os.path.abspath(s.model_dir), plan.workers)
                 registered = True
-                log.info("model registered: %d worker(s), batches of up to %d, max delay %d ms",
-                         plan.workers, s.max_batch_size, s.max_batch_delay_ms)
+                log.info("model registered: %d worker(s); the front batches up to %d requests "
+                         "(waiting up to %d ms for company only right after a batch)",
+                         plan.workers, front.max_batch_size, s.max_batch_delay_ms)
             except OSError:  # aiohttp.ClientConnectorError: MMS not listening yet
                 pass
             except RuntimeError as e:
@@ -261,8 +266,10 @@ async def run(s: ServerSettings, plan: WorkerPlan, run_dir: str) -> int:
     with open(config_file, "w") as f:
         f.write(mms_properties(inference_port, management_port, plan, s))
     jvm: list[int] = []  # the JVM's pid, once started
+    token = secrets.token_hex(16)
     front = Front.from_settings(s, plan.workers, inference_port, management_port,
-                                live_workers=lambda: len(model_workers(jvm[0])) if jvm else 0)
+                                live_workers=lambda: len(model_workers(jvm[0])) if jvm else 0,
+                                bundle_token=token)
     await front.start(s.bind_host, s.port, s.drain_grace_s)
     log.info("listening on %s:%d (/ping 503 until the workers are warm)%s", s.bind_host, s.port,
              "; batch transform mode" if s.batch else "")
@@ -270,7 +277,7 @@ async def run(s: ServerSettings, plan: WorkerPlan, run_dir: str) -> int:
     cmd = mms_command(config_file, s, run_dir)
     log.info("starting MMS with %d worker(s) x %d thread(s) (%s); config %s", plan.workers,
              plan.threads, plan.reason, config_file)
-    proc = subprocess.Popen(cmd, env=mms_env(plan, run_dir), cwd=run_dir, start_new_session=True,
+    proc = subprocess.Popen(cmd, env=mms_env(plan, run_dir, token), cwd=run_dir, start_new_session=True,
                             preexec_fn=_die_with_parent)
     jvm.append(proc.pid)
     stop = asyncio.Event()

@@ -25,8 +25,8 @@ DEFAULT_STARTUP_TIMEOUT_S = 600  # SAGEMAKER_STARTUP_TIMEOUT: MMS start + every 
 DEFAULT_VMARGS = "-XX:-UseContainerSupport -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 BATCH_TIMEOUT_S = 600  # batch transform waits up to 600 s for each invocation
 BATCH_MAX_PAYLOAD_MB = 100  # batch transform's MaxPayloadInMB ceiling
-DEFAULT_MAX_BATCH_SIZE = 16  # IMGCLF_MAX_BATCH_SIZE: requests MMS hands a worker at once
-DEFAULT_MAX_BATCH_DELAY_MS = 1  # IMGCLF_MAX_BATCH_DELAY_MS: see README "Serving" (measured)
+DEFAULT_MAX_BATCH_SIZE = 16  # IMGCLF_MAX_BATCH_SIZE: requests the front puts in one forward
+DEFAULT_MAX_BATCH_DELAY_MS = 10  # IMGCLF_MAX_BATCH_DELAY_MS: see README "Batching" (measured)
 DEFAULT_DRAIN_GRACE_S = 30  # IMGCLF_DRAIN_GRACE_S: SIGTERM lets requests in flight finish
 DEFAULT_BODY_TIMEOUT_S = 30  # IMGCLF_BODY_TIMEOUT_S: a body slower than this gets 408
 
