@@ -46,9 +46,11 @@ ONNX_OPSET = 17
 
 # ONNX Runtime's intra-op threads spin after each run by default ("1"), and so do torch's OpenMP
 # threads, which decode and preprocess in the same worker: on 2 CPUs the two pools take turns
-# spinning against each other. Measured through handler.predict_fn (ResNet-18 224 px, one
-# 500x375 JPEG, 2 threads): spinning wins 1 ms on the bare forward (17.3 vs 18.5 ms) but loses
-# per request, median 26-32 vs 25 ms, p90 50-54 vs 27-31 ms, 50-54 vs 43-46 CPU ms. So no spinning.
+# spinning against each other. Measured on 2 CPUs (ResNet-18 224 px, one 500x375 JPEG, 2
+# threads): spinning wins 1 ms on the bare forward (16.2 vs 17.2 ms), but through
+# handler.predict_fn (decode + preprocess + forward) the medians are even (24-27 ms) while its
+# p90 is 39-57 ms against 27-32 and it takes 20% more CPU per request (64-67 vs 53-55 ms), CPU
+# that the front and MMS's JVM need. So no spinning.
 ORT_ALLOW_SPINNING = "0"
 
 
