@@ -7,8 +7,9 @@ loopback port with an artifact of ``--arch`` (random weights: timing does not de
 ``--model-dir`` to use a trained one) and prints one table:
 
 - in-process, with every CPU the container may use (imgclf.resources): one image (decode +
-  preprocess + forward) eager and optimised (imgclf.serving.fastpath), and the batched limit
-  (decode each image + forwards of batches of 16, images/s);
+  preprocess + forward) on each inference path (imgclf.serving.fastpath: eager, jit,
+  onnxruntime, and optimised = the one IMGCLF_INFERENCE=optimized chooses, which the server
+  serves), and the batched limit (decode each image + forwards of batches of 16, images/s);
 - served, after ``--warmup`` requests (the JVM in front of the workers runs interpreted code
   until it has compiled its request path): p50/p99 latency at concurrency 1, images/s at
   concurrency 16 (one image per request, keep-alive clients);
@@ -139,14 +140,20 @@ def percentile(sorted_values, q):
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
+# IMGCLF_INFERENCE values measured in-process; "optimized" (what the server serves) last, as the
+# batched limit uses it.
+IN_PROCESS_PATHS = ("eager", "jit", "onnxruntime", "optimized")
+
+
 def in_process(model_dir: str, body: bytes, threads: int, n: int = 30) -> dict:
-    """One image (decode + preprocess + forward) eager and optimised, and the batched limit."""
+    """One image (decode + preprocess + forward) on each path of ``IN_PROCESS_PATHS``, and the
+    batched limit on the optimised one."""
     import torch
 
     from imgclf.serving import handler
     torch.set_num_threads(threads)
     out = {"threads": threads}
-    for mode in ("eager", "optimized"):
+    for mode in IN_PROCESS_PATHS:
         served = handler.load_model(model_dir, "cpu", inference=mode)
         times = []
         for i in range(n + 3):
@@ -223,8 +230,12 @@ def main(argv=None) -> int:
     print(f"\nserving benchmark: {r['arch']} {r['image_size']}px, one {r['jpeg_bytes'] // 1024} KB "
           f"500x375 JPEG per request, {cpus} CPUs (cgroup-aware), served: {r['workers']}, "
           f"path {r['served_path']}, measured after {args.warmup} warm-up requests")
-    rows = [
-        ("in-process single, eager", f"{ip['single_eager_ms']:.1f} ms", ""),
+    rows = [("in-process single, eager", f"{ip['single_eager_ms']:.1f} ms", "")]
+    for mode in ("jit", "onnxruntime"):
+        rows.append((f"in-process single, {mode}", f"{ip[f'single_{mode}_ms']:.1f} ms",
+                     f"{ip['single_eager_ms'] / ip[f'single_{mode}_ms']:.2f}x eager"
+                     + ("" if ip[f"path_{mode}"] != "eager" else " (fell back to eager)")))
+    rows += [
         ("in-process single, optimised", f"{ip['single_optimized_ms']:.1f} ms",
          f"{ip['single_eager_ms'] / ip['single_optimized_ms']:.2f}x eager (goal >= 1.3x)"),
         ("in-process batched limit (16)", f"{ip['batched16_img_s']:.1f} img/s", ""),

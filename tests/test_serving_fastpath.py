@@ -1,13 +1,15 @@
-"""The optimised inference path (imgclf.serving.fastpath) against eager on a real model: the
-trained colour classifier and an untrained ResNet-18 (diverse, low-margin outputs), 500 images
-each through the serving preprocessing."""
+"""The optimised inference paths (imgclf.serving.fastpath: ONNX Runtime, jit-frozen) against
+eager on a real model: the trained colour classifier and an untrained ResNet-18 (diverse,
+low-margin outputs), 500 images each through the serving preprocessing."""
 
 from __future__ import annotations
+
+import warnings as warnings_module
 
 import pytest
 import torch
 
-from imgclf.artifact import ModelMeta, save_artifact
+from imgclf.artifact import ModelMeta, load_artifact, save_artifact
 from imgclf.models import build_model
 from imgclf.serving import fastpath, handler
 from serving_support import CLASSES, color_image, encode, model_dir, one_thread  # noqa: F401
@@ -32,12 +34,14 @@ def images(n: int, size) -> list[bytes]:
     return [encode(color_image(CLASSES[i % 3], size=size, seed=5000 + i)) for i in range(n)]
 
 
+@pytest.mark.parametrize("inference, path_name", [("optimized", "cpu-onnxruntime"),
+                                                ("jit", "cpu-jit-frozen-channels_last")])
 @pytest.mark.parametrize("which", ["color_model", "random_model"])
-def test_optimised_agrees_with_eager_on_500_images(request, which):
+def test_optimised_agrees_with_eager_on_500_images(request, which, inference, path_name):
     model_dir = request.getfixturevalue(which)
-    fast = handler.load_model(model_dir, "cpu", inference="optimized")
+    fast = handler.load_model(model_dir, "cpu", inference=inference)
     slow = handler.load_model(model_dir, "cpu", inference="eager")
-    assert fast.path.name == "cpu-jit-frozen-channels_last", fast.path
+    assert fast.path.name == path_name, fast.path
     assert slow.path.name == "eager"
     size = (fast.meta.resize_size + 12, fast.meta.resize_size + 4)
     batch = torch.stack([t for img in images(N_IMAGES, size) for t in handler.decode([img], fast)])
@@ -51,12 +55,57 @@ def test_optimised_agrees_with_eager_on_500_images(request, which):
         assert labels == [CLASSES[i % 3] for i in range(N_IMAGES)]
 
 
-def test_env_opts_out_and_bad_values_are_refused(monkeypatch, color_model):
-    monkeypatch.setenv(fastpath.INFERENCE_ENV, "eager")
-    assert handler.load_model(color_model, "cpu").path.name == "eager"
+@pytest.mark.parametrize("value, path_name", [
+    ("eager", "eager"), ("", "cpu-onnxruntime"), ("Optimised", "cpu-onnxruntime"),
+    ("onnxruntime", "cpu-onnxruntime"), ("jit", "cpu-jit-frozen-channels_last")])
+def test_env_picks_the_path(monkeypatch, color_model, value, path_name):
+    monkeypatch.setenv(fastpath.INFERENCE_ENV, value)
+    assert handler.load_model(color_model, "cpu", warm=False).path.name == path_name
+
+
+def test_env_refuses_unknown_values(monkeypatch):
     monkeypatch.setenv(fastpath.INFERENCE_ENV, "turbo")
-    with pytest.raises(ValueError, match="IMGCLF_INFERENCE"):
+    with pytest.raises(ValueError, match="IMGCLF_INFERENCE='turbo': use one of optimized, eager, "
+                                         "onnxruntime, jit"):
         fastpath.mode()
+    with pytest.raises(ValueError, match="IMGCLF_INFERENCE='tvm'"):
+        fastpath.choose(torch.nn.Identity(), 16, torch.device("cpu"), "tvm")
+
+
+def _no_onnxruntime():
+    raise ImportError("No module named 'onnxruntime'")
+
+
+def test_without_onnxruntime_optimized_serves_jit(monkeypatch, caplog, color_model):
+    monkeypatch.setattr(fastpath, "onnxruntime_module", _no_onnxruntime)
+    with caplog.at_level("WARNING", logger="imgclf.serving.fastpath"):
+        served = handler.load_model(color_model, "cpu", inference="optimized")
+    assert served.path.name == "cpu-jit-frozen-channels_last"
+    assert "onnxruntime failed" in served.path.detail
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("onnxruntime inference unavailable (ImportError: No module")
+    assert warnings[0].endswith("; trying jit")
+
+
+def test_an_explicit_path_that_fails_serves_eager(monkeypatch, caplog, color_model):
+    monkeypatch.setattr(fastpath, "onnxruntime_module", _no_onnxruntime)
+    with caplog.at_level("WARNING", logger="imgclf.serving.fastpath"):
+        served = handler.load_model(color_model, "cpu", inference="onnxruntime")
+    assert (served.path.name, served.path.detail) == ("eager", "onnxruntime failed")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].endswith("; serving eager"), warnings
+
+
+def test_the_onnx_export_leaves_no_warnings(random_model):
+    """torch's deprecation notices about its TorchScript exporter stay out of the worker log
+    (pytest hides DeprecationWarning by default: record them all here)."""
+    model, meta = load_artifact(random_model, "cpu")
+    with warnings_module.catch_warnings(record=True) as caught:
+        warnings_module.simplefilter("always")
+        path = fastpath.choose(model, meta.image_size, torch.device("cpu"), "onnxruntime")
+    assert path.name == "cpu-onnxruntime"
+    assert [str(w.message)[:80] for w in caught] == []
 
 
 class BranchyNet(torch.nn.Module):
@@ -77,7 +126,19 @@ class BranchyNet(torch.nn.Module):
 def test_a_model_the_trace_gets_wrong_is_served_eager():
     model = BranchyNet().eval()
     path = fastpath.choose(model, 16, torch.device("cpu"), "optimized")
-    assert path.name == "eager" and path.detail in ("disagreed", "optimisation failed")
+    assert (path.name, path.detail) == ("eager", "onnxruntime disagreed, jit disagreed")
     x = fastpath.check_inputs(16, torch.device("cpu"))
     with torch.inference_mode():
         assert torch.equal(path.forward(x), model(x))
+
+
+class Broken(torch.nn.Module):
+    def forward(self, x):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+
+def test_a_model_that_does_not_run_is_left_to_check_model(caplog):
+    with caplog.at_level("WARNING", logger="imgclf.serving.fastpath"):
+        path = fastpath.choose(Broken(), 16, torch.device("cpu"), "optimized")
+    assert (path.name, path.detail) == ("eager", "eager failed on the check inputs")
+    assert "RuntimeError: mat1 and mat2" in caplog.text

@@ -90,7 +90,7 @@ def _device(context) -> torch.device:
 def load_model(model_dir: str, device: str | torch.device = "cpu", warm: bool = True,
                inference: str | None = None) -> ServedModel:
     """Load the artifact, choose the inference path (:mod:`imgclf.serving.fastpath`;
-    ``inference``: "optimized" or "eager", default IMGCLF_INFERENCE) and, with ``warm``, run the
+    ``inference``: one of ``fastpath.MODES``, default IMGCLF_INFERENCE) and, with ``warm``, run the
     whole pipeline once on a synthetic image.
 
     Warming pays the lazy costs (first forward, allocator, codec imports, cuDNN autotune) here,
