@@ -49,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
     p.add_argument("--model-dir", help="serve this artifact instead of a random-weight one")
     p.add_argument("--workers", type=int, help="SAGEMAKER_MODEL_SERVER_WORKERS (default: serve's)")
-    p.add_argument("--requests", type=int, default=80, help="requests per concurrency (default: 80)")
+    p.add_argument("--requests", type=int, default=80,
+                   help="requests per concurrency, at least 20 per client (default: 80)")
     p.add_argument("--warmup", type=int, default=300,
                    help="requests sent (at concurrency 4, not counted) before measuring: MMS's JVM "
                         "compiles its request path over the first few hundred (default: 300)")
@@ -216,7 +217,8 @@ def main(argv=None) -> int:
         r["served_path"] = ",".join(paths) or "?"
         if args.warmup:
             load(port, body, 4, args.warmup)
-        r["served"] = [load(port, body, c, args.requests) for c in args.concurrency]
+        # at least 20 rounds of every client: a few rounds of 16 would mostly measure the ramp-up
+        r["served"] = [load(port, body, c, max(args.requests, 20 * c)) for c in args.concurrency]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
