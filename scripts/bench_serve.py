@@ -213,7 +213,9 @@ def main(argv=None) -> int:
             text = f.read()
         plan = [line for line in text.splitlines() if "starting MMS with" in line]
         r["workers"] = plan[0].split("starting MMS with ")[1].split(";")[0] if plan else "?"
-        paths = sorted(set(re.findall(r"inference path: (\S+)", text)))
+        # the workers' paths; the pre-flight check's "eager (requested)" is not one
+        paths = sorted({m.group(1) for m in re.finditer(r"inference path: (\S+)(.*)", text)
+                        if "(requested)" not in m.group(2)})
         r["served_path"] = ",".join(paths) or "?"
         if args.warmup:
             load(port, body, 4, args.warmup)
