@@ -54,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--model-dir", help="serve this artifact instead of a random-weight one")
     p.add_argument("--workers", type=int, help="SAGEMAKER_MODEL_SERVER_WORKERS (default: serve's)")
     p.add_argument("--requests", type=int, default=80,
-                   help="requests per concurrency, at least 20 per client (default: 80)")
+                   help="requests per concurrency, at least 30 per client (default: 80)")
     p.add_argument("--warmup", type=int, default=300,
                    help="requests sent (at concurrency 4, not counted) before measuring: MMS's JVM "
                         "compiles its request path over the first few hundred (default: 300)")
