@@ -274,7 +274,7 @@ def test_concurrent_requests_share_jobs_and_each_gets_its_own_answer():
     bodies = [b"bad-7" if i == 7 else f"img-{i}".encode() for i in range(20)]
 
     async def main():
-        async with BundleUpstream(forward_s=0.1) as up:
+        async with BundleUpstream(forward_s=0.3) as up:  # long: all 20 are queued meanwhile
             out = await serve_front(batching_front(up, max_batch=8),
                                     lambda client, url: post_all(client, url, bodies))
             return out, [n for n, _, _ in up.jobs]
@@ -325,7 +325,8 @@ def test_right_after_a_bundle_the_queue_waits_for_its_clients_to_come_back():
 
             async def calls(client, url):
                 await asyncio.gather(*(client_loop(client, url, i) for i in range(8)))
-            await serve_front(batching_front(up, delay_ms=200, max_batch=8), calls)
+            # a delay far longer than the clients take to come back (35 ms), even on a slow host
+            await serve_front(batching_front(up, delay_ms=1000, max_batch=8), calls)
             return [n for n, _, _ in up.jobs]
     jobs = asyncio.run(main())
     assert sum(jobs) == 32 and sum(n for n in jobs if n >= 7) >= 21, jobs
