@@ -19,12 +19,13 @@ first second and:
   soon as a chunked body passes the limit; a body that does not arrive within
   ``body_timeout_s`` gets 408;
 - batches ``/invocations``: requests that arrive while every worker is busy wait in a queue,
-  and a worker that comes free gets the queue (up to ``max_batch_size`` requests and the payload
-  limit in bytes) as ONE MMS job, a bundle (:mod:`imgclf.serving.bundle`), predicted in one
-  forward, each request answered with its own status and body. A lone request goes to MMS as it
-  came. Right after a bundle is answered, the queue waits up to ``max_batch_delay`` for as many
-  requests as that bundle had (its clients sending their next ones); a request that finds the
-  server idle is never delayed (:meth:`Front._wait_s`);
+  and a worker that comes free gets the queue (up to ``max_batch_size`` requests, within MMS's
+  request limit in bytes) as ONE MMS job, a bundle (:mod:`imgclf.serving.bundle`), predicted in
+  one forward, each request answered with its own status and body. A lone request goes to MMS
+  as it came. Right after a bundle is answered, the queue waits up to ``max_batch_delay`` for as
+  many requests as were in the front then (the clients just answered sending their next ones);
+  a request that finds the server idle is never delayed (:meth:`Front._wait_s`). One job more
+  than the workers (``PREFETCH_JOBS``) may wait in MMS's queue;
 - forwards to MMS with a fresh body framing (Content-Length), hop-by-hop headers dropped; an
   upstream keep-alive connection that went stale while idle is retried once on a new one;
   anything unparseable from upstream is a 502 JSON;
