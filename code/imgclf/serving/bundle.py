@@ -29,6 +29,8 @@ import json
 import os
 from typing import Mapping
 
+from imgclf.serving import content_types
+
 CONTENT_TYPE = "application/x-imgclf-bundle"
 TOKEN_HEADER = "X-Imgclf-Bundle"
 TOKEN_ENV = "IMGCLF_BUNDLE_TOKEN"
@@ -36,16 +38,18 @@ TOKEN_ENV = "IMGCLF_BUNDLE_TOKEN"
 Part = tuple[dict, bytes]  # (headers or {"status": ...}, body)
 
 
+def _json(doc) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def encode(parts: list[Part]) -> bytes:
-    head = json.dumps({"parts": [{**meta, "length": len(body)} for meta, body in parts]},
-                      separators=(",", ":"), ensure_ascii=False)
-    return b"".join([head.encode(), b"\n", *(bytes(body) for _, body in parts)])
+    head = _json({"parts": [{**meta, "length": len(body)} for meta, body in parts]})
+    return b"".join([head, b"\n", *(bytes(body) for _, body in parts)])
 
 
 def part_bytes(meta: dict, body: bytes) -> int:
     """What one part adds to an encoded bundle (at most: the length field is counted wide)."""
-    return len(json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode()) + \
-        len(',"length":') + 20 + 1 + len(body)
+    return len(_json(meta)) + len(',"length":') + 20 + 1 + len(body)
 
 
 def request_limit(max_payload: int, max_parts: int, max_head: int) -> int:
@@ -82,7 +86,7 @@ def decode(data: bytes | bytearray) -> list[Part]:
 def is_bundle(headers: Mapping[str, str] | None, environ: Mapping[str, str] = os.environ) -> bool:
     """Whether a request with these headers is a bundle from this server's front."""
     token = environ.get(TOKEN_ENV, "")
-    if not token or not headers:
+    if not token:
         return False
-    sent = next((v for k, v in headers.items() if k.lower() == TOKEN_HEADER.lower()), "")
-    return hmac.compare_digest(str(sent).encode(), token.encode())
+    sent = content_types.header(headers, TOKEN_HEADER) or ""
+    return hmac.compare_digest(sent.encode(), token.encode())

@@ -9,6 +9,11 @@ from __future__ import annotations
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
 
+def error_doc(status: int, message: str) -> dict:
+    """The JSON body of every error this server answers, the front's and the workers'."""
+    return {"error": message, "status": status}
+
+
 class ServingError(GenericInferenceToolkitError):
     """A request the server refuses; ``message`` goes to the client as is, so keep it short."""
 

@@ -149,11 +149,6 @@ def _agreement(p: torch.Tensor, candidate: Callable, batch: torch.Tensor) -> tup
     return (p.argmax(1) == q.argmax(1)).float().mean().item(), (p - q).abs().max().item()
 
 
-def agreement(reference: Callable, candidate: Callable, batch: torch.Tensor) -> tuple[float, float]:
-    """(share of identical top-1, largest probability difference) on ``batch``."""
-    return _agreement(_probabilities(reference, batch), candidate, batch)
-
-
 def check_inputs(image_size: int, device: torch.device, n: int = CHECK_IMAGES) -> torch.Tensor:
     """Normalised-looking inputs: smooth random images (what photos look like after
     normalisation), deterministic."""

@@ -46,6 +46,7 @@ import yarl
 from aiohttp import web
 
 from imgclf.serving import bundle
+from imgclf.serving.errors import error_doc
 
 log = logging.getLogger("imgclf.serving.front")
 
@@ -70,11 +71,12 @@ def json_response(status: int, doc: dict) -> web.Response:
 
 
 def error(status: int, message: str) -> web.Response:
-    return json_response(status, {"error": message, "status": status})
+    return json_response(status, error_doc(status, message))
 
 
 def _error_triple(status: int, message: str) -> tuple[int, list, bytes]:
-    return status, [], json.dumps({"error": message, "status": status}).encode()
+    """An error of the front's own, as :meth:`Front.upstream` returns MMS's answers."""
+    return status, [], json.dumps(error_doc(status, message)).encode()
 
 
 @dataclass
@@ -85,6 +87,7 @@ class _Pending:
     body: bytes
     query: str
     future: asyncio.Future
+    meta: dict  # its part's head in a bundle
     size: int  # bytes it adds to a bundle
 
 
@@ -132,6 +135,7 @@ class Front:
         self.max_batch_size = max_batch_size if bundle_token else 1
         self.max_batch_delay_s = max_batch_delay_ms / 1000
         self.bundle_token = bundle_token
+        self.bundle_limit = bundle.request_limit(max_body, self.max_batch_size, MAX_HEAD)
         self._queue: collections.deque[_Pending] = collections.deque()
         self._busy = 0
         self._expected = 1  # the company to wait for: the last bundle's requests + those queued
@@ -238,8 +242,9 @@ class Front:
                ) -> asyncio.Future:
         """Queue one request for the model; the future gets its ``web.Response``."""
         fut = asyncio.get_running_loop().create_future()
-        size = bundle.part_bytes({"headers": dict(headers)}, body)
-        self._queue.append(_Pending(headers, body, query, fut, size))
+        meta = {"headers": dict(headers)}
+        self._queue.append(_Pending(headers, body, query, fut, meta,
+                                    bundle.part_bytes(meta, body)))
         self._dispatch()
         return fut
 
@@ -279,14 +284,13 @@ class Front:
         """The oldest queued requests, at most ``max_batch_size`` of them and a bundle of at most
         :func:`imgclf.serving.bundle.request_limit` bytes (one request always fits: it goes as
         it came); requests whose client went away are dropped."""
-        limit = bundle.request_limit(self.max_body, self.max_batch_size, MAX_HEAD)
         batch, size = [], 0
         while self._queue and len(batch) < self.max_batch_size:
             p = self._queue[0]
             if p.future.done():  # cancelled: the client disconnected while it waited
                 self._queue.popleft()
                 continue
-            if batch and size + p.size > limit:
+            if batch and size + p.size > self.bundle_limit:
                 break
             batch.append(self._queue.popleft())
             size += p.size
@@ -296,14 +300,14 @@ class Front:
         try:
             if len(batch) == 1:
                 p = batch[0]
-                status, headers, data = await self.upstream(p.headers, p.body, p.query)
-                answers = [(status, [h for h in headers if h[0].lower() != "content-type"], data)]
+                answers = [await self.upstream(p.headers, p.body, p.query)]
             else:
                 answers = await self._bundle(batch)
             for p, (status, headers, data) in zip(batch, answers):
                 if not p.future.done():
                     # every answer of the handler is JSON; the workers set no Content-Type (see
                     # imgclf.serving.transformer on MMS's reply decoder), MMS's own errors are JSON
+                    headers = [h for h in headers if h[0].lower() != "content-type"]
                     p.future.set_result(web.Response(
                         status=status, body=data,
                         headers=[*headers, ("Content-Type", "application/json")]))
@@ -320,7 +324,7 @@ class Front:
             self._dispatch()
 
     async def _bundle(self, batch: list["_Pending"]) -> list[tuple[int, list, bytes]]:
-        body = bundle.encode([({"headers": dict(p.headers)}, p.body) for p in batch])
+        body = bundle.encode([(p.meta, p.body) for p in batch])
         headers = [("Content-Type", bundle.CONTENT_TYPE), (bundle.TOKEN_HEADER, self.bundle_token)]
         status, out_headers, data = await self.upstream(headers, body)
         if status == 200:
@@ -333,7 +337,6 @@ class Front:
                 log.error("bundle answer unreadable: %s", e)
             status, out_headers, data = _error_triple(502, "bad response from the model server")
         # MMS's own error (a worker died, a timeout) or ours: every request of the bundle gets it
-        out_headers = [h for h in out_headers if h[0].lower() != "content-type"]
         return [(status, out_headers, data)] * len(batch)
 
     # -------------------------------------------------------------------------- routes

@@ -277,8 +277,8 @@ async def run(s: ServerSettings, plan: WorkerPlan, run_dir: str) -> int:
     cmd = mms_command(config_file, s, run_dir)
     log.info("starting MMS with %d worker(s) x %d thread(s) (%s); config %s", plan.workers,
              plan.threads, plan.reason, config_file)
-    proc = subprocess.Popen(cmd, env=mms_env(plan, run_dir, token), cwd=run_dir, start_new_session=True,
-                            preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(cmd, env=mms_env(plan, run_dir, token), cwd=run_dir,
+                            start_new_session=True, preexec_fn=_die_with_parent)
     jvm.append(proc.pid)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -31,13 +31,13 @@ from sagemaker_inference import utils
 from sagemaker_inference.transformer import Transformer
 
 from imgclf.serving import bundle, content_types, handler
-from imgclf.serving.errors import BadRequest, ServingError
+from imgclf.serving.errors import BadRequest, ServingError, error_doc
 
 log = logging.getLogger("imgclf.serving")
 
 
 def error_body(status: int, message: str) -> str:
-    return json.dumps({"error": message, "status": status})
+    return json.dumps(error_doc(status, message))
 
 
 class ImgclfTransformer(Transformer):
