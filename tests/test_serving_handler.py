@@ -7,6 +7,7 @@ import base64
 import importlib
 import inspect
 import json
+import re
 
 import pytest
 import torch
@@ -379,6 +380,32 @@ def test_inference_entry_point_exposes_the_contract():
 GB = 2**30
 
 
+@pytest.mark.parametrize("name, value, message", [
+    ("IMGCLF_MAX_BATCH_SIZE", "abc", "IMGCLF_MAX_BATCH_SIZE='abc' is not an integer"),
+    ("IMGCLF_MAX_BATCH_SIZE", "0", "IMGCLF_MAX_BATCH_SIZE=0 must be >= 1"),
+    ("IMGCLF_MAX_BATCH_DELAY_MS", "-1", "IMGCLF_MAX_BATCH_DELAY_MS=-1 must be >= 0"),
+    ("IMGCLF_BODY_TIMEOUT_S", "0", "IMGCLF_BODY_TIMEOUT_S=0 must be >= 1"),
+    ("IMGCLF_DRAIN_GRACE_S", "-5", "IMGCLF_DRAIN_GRACE_S=-5 must be >= 0"),
+    ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "0", "SAGEMAKER_MODEL_SERVER_TIMEOUT=0 must be >= 1"),
+    ("SAGEMAKER_MODEL_SERVER_WORKERS", "0", "SAGEMAKER_MODEL_SERVER_WORKERS=0 must be >= 1"),
+    ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "0", "SAGEMAKER_MAX_PAYLOAD_IN_MB=0 must be >= 1"),
+    ("SAGEMAKER_BIND_TO_PORT", "70000", "SAGEMAKER_BIND_TO_PORT=70000 is not a port"),
+    ("SAGEMAKER_SAFE_PORT_RANGE", "abc", "'abc' is not a port range like 10000-10999"),
+    ("SAGEMAKER_SAFE_PORT_RANGE", "9000-8000", "'9000-8000' is not a port range within"),
+])
+def test_server_settings_refuse_bad_values_by_name(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        server.ServerSettings.from_env()
+
+
+def test_server_settings_take_a_safe_port_range(monkeypatch):
+    monkeypatch.setenv("SAGEMAKER_SAFE_PORT_RANGE", "10000-10999")
+    assert server.ServerSettings.from_env().safe_port_range == (10000, 10999)
+    monkeypatch.setenv("SAGEMAKER_SAFE_PORT_RANGE", "10000")
+    assert server.ServerSettings.from_env().safe_port_range == (10000, 10000)
+
+
 def test_mms_properties_honour_sagemaker_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path))
     monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_TIMEOUT", "17")
@@ -401,3 +428,13 @@ def test_mms_properties_honour_sagemaker_env(monkeypatch, tmp_path):
     assert props["inference_address"] == "http://127.0.0.1:1234"
     assert props["default_service_handler"] == "imgclf.serving.handler_service"
     assert server.free_port() <= server.MMS_MAX_PORT
+
+
+def test_a_bad_pixel_limit_is_refused_by_name(monkeypatch):
+    from imgclf import images
+    from imgclf.failure import UserError
+    monkeypatch.setenv("IMGCLF_MAX_PIXELS", "lots")
+    with pytest.raises(UserError, match=r"IMGCLF_MAX_PIXELS='lots' must be a positive integer"):
+        images.max_pixels()
+    monkeypatch.setenv("IMGCLF_MAX_PIXELS", "1000")
+    assert images.max_pixels() == 1000

@@ -449,6 +449,19 @@ def run_serve(model_dir, tmp_path):
                           text=True, timeout=180)
 
 
+def test_bad_setting_read_by_the_workers_is_refused_before_mms_starts(tmp_path):
+    """IMGCLF_INFERENCE is read by each worker at load: a typo must stop ``serve`` at once with
+    one line, not leave workers failing behind a /ping 503 until the startup timeout."""
+    env = dict(serve_env(str(tmp_path), free_port()), IMGCLF_INFERENCE="fastest")
+    r = subprocess.run([sys.executable, "-m", "imgclf.serving.server"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "bad serving configuration: IMGCLF_INFERENCE='fastest': use one of "
+        "optimized, eager, onnxruntime, jit"]
+    assert "Model server started" not in r.stdout
+
+
 def test_missing_artifact_exits_nonzero_with_clear_message(tmp_path):
     r = run_serve(tmp_path / "nothing-here", tmp_path)
     assert r.returncode == 2

@@ -92,6 +92,7 @@ def test_sagemaker_training_channel_holding_all_three(sm_tree, color_data):
     ("extra_class", "test has classes that train lacks: 009.Extra"),
     ("bad_lr", "lr must be > 0"),
     ("bad_arch", "unknown architecture 'resnet_nope'"),
+    ("bad_pixel_limit", "IMGCLF_MAX_PIXELS='64M' must be a positive integer"),
 ])
 def test_bad_input_writes_the_reason_to_the_failure_file(sm_tree, color_data, case, needle):
     sm_tree.channel("train", color_data / "train")
@@ -103,7 +104,7 @@ def test_bad_input_writes_the_reason_to_the_failure_file(sm_tree, color_data, ca
     hp = {"epochs": 1, "weights": "none", "image-size": 32, "num-workers": 0}
     hp.update({"bad_lr": {"lr": -1}, "bad_arch": {"arch": "resnet_nope"}}.get(case, {}))
     sm_tree.write_config(hp)
-    r = sm_tree.run()
+    r = sm_tree.run(env={"IMGCLF_MAX_PIXELS": "64M"} if case == "bad_pixel_limit" else None)
     assert r.returncode != 0
     assert needle in (sm_tree.failure or ""), (sm_tree.failure, r.stdout[-2000:])
     assert "Traceback" not in sm_tree.failure

@@ -25,6 +25,11 @@ class UserError(Exception):
     needs none of them."""
 
 
+class SettingError(UserError, ValueError):
+    """An environment variable of this project's with a value it can't use; the message names
+    the variable and what it takes."""
+
+
 class TrainingError(UserError):
     """A problem the user can fix (bad data, bad hyperparameter...); the message says how."""
 

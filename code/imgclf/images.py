@@ -14,10 +14,28 @@ from typing import BinaryIO, Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imgclf.failure import UserError
+from imgclf.failure import SettingError, UserError
 
-#: Pixel limit against decompression bombs (width x height); override with IMGCLF_MAX_PIXELS.
-MAX_PIXELS = int(os.environ.get("IMGCLF_MAX_PIXELS", str(64 * 1024 * 1024)))
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+MAX_PIXELS_ENV = "IMGCLF_MAX_PIXELS"
+
+
+def max_pixels() -> int:
+    """The pixel limit in IMGCLF_MAX_PIXELS (default 64 Mpx); SettingError naming the
+    variable when it is not a positive integer. ``serve`` and training call it at start, so a
+    typo stops them with one line instead of surfacing as each image's error."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SettingError(f"{MAX_PIXELS_ENV}={raw!r} must be a positive integer (pixels)")
+    return value
+
+
 # decode_image checks the header's size against MAX_PIXELS before any pixel is decoded, so PIL's
 # own check (a warning over ~89 Mpx) is switched off: it would override IMGCLF_MAX_PIXELS.
 Image.MAX_IMAGE_PIXELS = None
@@ -29,6 +47,14 @@ Source = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
 
 class ImageDecodeError(UserError, ValueError):
     """The input is not an image this project can read (empty, corrupt, truncated, too big)."""
+
+
+#: Pixel limit against decompression bombs (width x height); IMGCLF_MAX_PIXELS overrides it
+#: (an unusable value keeps the default here; :func:`max_pixels` refuses it at start).
+try:
+    MAX_PIXELS = max_pixels()
+except SettingError:
+    MAX_PIXELS = DEFAULT_MAX_PIXELS
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgclf import checkpoint, diagnostics, distributed
+from imgclf import checkpoint, diagnostics, distributed, images
 from imgclf.artifact import IMAGENET_MEAN, IMAGENET_STD, ModelMeta, save_artifact
 from imgclf.callbacks import CallbackList, TrainContext
 from imgclf.config import args_to_dict, parse_args
@@ -136,6 +136,7 @@ def resume_state(args, classes, loaders, info) -> dict | None:
 
 
 def run(args) -> int:
+    images.max_pixels()  # a bad IMGCLF_MAX_PIXELS is the failure reason, not every image's
     info = distributed.init()
     setup_logging(info.is_main)
     device = (torch.device("cuda", info.local_rank) if torch.cuda.is_available()

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from imgclf import resources
-from imgclf.serving import bundle, content_types, handler
+from imgclf import images, resources
+from imgclf.serving import bundle, content_types, fastpath, handler, settings
 from imgclf.serving.front import MAX_HEAD, Front
 from imgclf.serving.plan import WorkerPlan, plan_workers, worker_env
 from imgclf.serving.settings import ServerSettings
@@ -320,8 +320,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s [%(levelname)s] %(name)s - %(message)s", force=True)
     try:
         s = ServerSettings.from_env()
+        # read by the workers per request or at load: refused here, before anything starts
+        settings.default_topk(), settings.max_images(), fastpath.mode(), images.max_pixels()
     except ValueError as e:
         log.error("bad serving configuration: %s", e)
+        print(f"bad serving configuration: {e}", file=sys.stderr, flush=True)
         return 2
     try:
         model_bytes = preflight(s.model_dir)

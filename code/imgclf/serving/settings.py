@@ -31,14 +31,34 @@ DEFAULT_DRAIN_GRACE_S = 30  # IMGCLF_DRAIN_GRACE_S: SIGTERM lets requests in fli
 DEFAULT_BODY_TIMEOUT_S = 30  # IMGCLF_BODY_TIMEOUT_S: a body slower than this gets 408
 
 
-def _int(name: str, default: int | None) -> int | None:
+def _int(name: str, default: int | None, minimum: int | None = None) -> int | None:
+    """The integer in ``name`` (``default`` when unset or empty); ValueError naming the variable
+    when it is not an integer or under ``minimum``."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _port_range(name: str) -> tuple[int, int] | None:
+    """``LO-HI`` (or one port) in ``name``, as SageMaker sets SAGEMAKER_SAFE_PORT_RANGE."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    lo, _, hi = raw.partition("-")
+    try:
+        rng = (int(lo), int(hi or lo))
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a port range like 10000-10999") from None
+    if not 1 <= rng[0] <= rng[1] <= 65535:
+        raise ValueError(f"{name}={raw!r} is not a port range within 1-65535")
+    return rng
 
 
 def model_dir() -> str:
@@ -47,11 +67,11 @@ def model_dir() -> str:
 
 
 def default_topk() -> int:
-    return _int("IMGCLF_DEFAULT_TOPK", DEFAULT_TOPK)
+    return _int("IMGCLF_DEFAULT_TOPK", DEFAULT_TOPK, minimum=1)
 
 
 def max_images() -> int:
-    return _int("IMGCLF_MAX_IMAGES", DEFAULT_MAX_IMAGES)
+    return _int("IMGCLF_MAX_IMAGES", DEFAULT_MAX_IMAGES, minimum=1)
 
 
 def batch_mode() -> bool:
@@ -62,9 +82,7 @@ def batch_mode() -> bool:
 def max_payload_bytes() -> int:
     """SAGEMAKER_MAX_PAYLOAD_IN_MB (6 by default); in batch mode capped at 100 as batch transform's
     MaxPayloadInMB is."""
-    mb = _int("SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB)
-    if mb < 1:
-        raise ValueError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={mb} must be >= 1")
+    mb = _int("SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB, minimum=1)
     if batch_mode():
         mb = min(mb, BATCH_MAX_PAYLOAD_MB)
     return mb * 1024 * 1024
@@ -93,36 +111,30 @@ class ServerSettings:
 
     @classmethod
     def from_env(cls) -> "ServerSettings":
-        workers = _int("SAGEMAKER_MODEL_SERVER_WORKERS", None)
-        if workers is not None and workers < 1:
-            raise ValueError(f"SAGEMAKER_MODEL_SERVER_WORKERS={workers} must be >= 1")
-        spr = os.environ.get("SAGEMAKER_SAFE_PORT_RANGE", "").strip()
-        safe = None
-        if spr:
-            lo, _, hi = spr.partition("-")
-            safe = (int(lo), int(hi or lo))
         batch = batch_mode()
-        max_batch_size = _int("IMGCLF_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)
-        max_batch_delay_ms = _int("IMGCLF_MAX_BATCH_DELAY_MS", DEFAULT_MAX_BATCH_DELAY_MS)
-        if max_batch_size < 1 or max_batch_delay_ms < 0:
-            raise ValueError("IMGCLF_MAX_BATCH_SIZE must be >= 1 and IMGCLF_MAX_BATCH_DELAY_MS >= 0")
+        port = _int("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT, minimum=1)
+        if port > 65535:
+            raise ValueError(f"SAGEMAKER_BIND_TO_PORT={port} is not a port (1-65535)")
         return cls(
             model_dir=model_dir(),
-            port=_int("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT),
+            port=port,
             bind_host=os.environ.get("IMGCLF_BIND_HOST") or DEFAULT_BIND_HOST,
-            workers=workers,
+            workers=_int("SAGEMAKER_MODEL_SERVER_WORKERS", None, minimum=1),
             timeout_s=_int("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS",
                            _int("SAGEMAKER_MODEL_SERVER_TIMEOUT",
-                                BATCH_TIMEOUT_S if batch else DEFAULT_TIMEOUT_S)),
+                                BATCH_TIMEOUT_S if batch else DEFAULT_TIMEOUT_S, minimum=1),
+                           minimum=1),
             max_payload_bytes=max_payload_bytes(),
-            startup_timeout_s=_int("SAGEMAKER_STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT_S),
+            startup_timeout_s=_int("SAGEMAKER_STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT_S,
+                                   minimum=1),
             vmargs=os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", DEFAULT_VMARGS),
             run_dir=os.environ.get("IMGCLF_SERVE_RUN_DIR") or None,
             mms_config_file=os.environ.get("IMGCLF_MMS_CONFIG_FILE") or None,
-            safe_port_range=safe,
+            safe_port_range=_port_range("SAGEMAKER_SAFE_PORT_RANGE"),
             batch=batch,
-            max_batch_size=max_batch_size,
-            max_batch_delay_ms=max_batch_delay_ms,
-            drain_grace_s=_int("IMGCLF_DRAIN_GRACE_S", DEFAULT_DRAIN_GRACE_S),
-            body_timeout_s=_int("IMGCLF_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S),
+            max_batch_size=_int("IMGCLF_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, minimum=1),
+            max_batch_delay_ms=_int("IMGCLF_MAX_BATCH_DELAY_MS", DEFAULT_MAX_BATCH_DELAY_MS,
+                                    minimum=0),
+            drain_grace_s=_int("IMGCLF_DRAIN_GRACE_S", DEFAULT_DRAIN_GRACE_S, minimum=0),
+            body_timeout_s=_int("IMGCLF_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S, minimum=1),
         )
