@@ -211,6 +211,12 @@ BAD = [
     ("bad base64", b'{"images": ["@@@"]}', "application/json", {}, 400),
     ("bad topk", b'{"image": "AAAA", "topk": 0}', "application/json", {}, 400),
     ("wrong content type", b"hello", "text/plain", {}, 415),
+    # what curl -F and curl -d send: MMS would parse both into form fields of its own
+    ("multipart form", b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\""
+     b"\r\nContent-Type: image/jpeg\r\n\r\n" + encode(color_image("red")) + b"\r\n--XyZ--\r\n",
+     "multipart/form-data; boundary=XyZ", {}, 415),
+    ("url-encoded form", b"image=" + encode(color_image("red"))[:200],
+     "application/x-www-form-urlencoded", {}, 415),
     ("unacceptable accept", encode(color_image("red")), "image/jpeg", {"Accept": "text/csv"}, 406),
     ("over payload limit", b"\xff" * (PAYLOAD_MB * 2**20 + 10), "image/jpeg", {}, 413),
 ]

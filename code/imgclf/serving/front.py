@@ -15,6 +15,9 @@ first second and:
   Content-Length, bad chunk sizes, over-long lines and more than ``MAX_HEADERS`` headers
   (``tests/test_serving_front.py`` sends each); the front adds nothing it would have to keep
   in step with the RFC;
+- answers 415 / 406 JSON itself for a Content-Type the handler does not read or an ``Accept``
+  it cannot produce (:mod:`imgclf.serving.content_types`, the handler's own checks): MMS would
+  parse a form body into fields of its own, and the worker would find no body;
 - refuses a body over the payload limit with 413 JSON before reading it (Content-Length), or as
   soon as a chunked body passes the limit; a body that does not arrive within
   ``body_timeout_s`` gets 408;
@@ -45,8 +48,8 @@ import aiohttp
 import yarl
 from aiohttp import web
 
-from imgclf.serving import bundle
-from imgclf.serving.errors import error_doc
+from imgclf.serving import bundle, content_types
+from imgclf.serving.errors import ServingError, error_doc
 
 log = logging.getLogger("imgclf.serving.front")
 
@@ -379,6 +382,13 @@ class Front:
         body = await self.read_body(request)
         if isinstance(body, web.Response):
             return self._closing(body)
+        # the handler's own type checks, here too: MMS parses a form body (curl -d, -F) into
+        # fields of its own, and the worker would see no body at all
+        try:
+            content_types.request_kind(request.headers.get("Content-Type"))
+            content_types.negotiate(request.headers.get("Accept"))
+        except ServingError as e:
+            return error(e.status, e.message)
         if not self.ready:
             return error(503, "model workers are still loading; retry when /ping answers 200")
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in DROP_HEADERS]
