@@ -434,7 +434,7 @@ def test_a_bad_pixel_limit_is_refused_by_name(monkeypatch):
     from imgclf import images
     from imgclf.failure import UserError
     monkeypatch.setenv("IMGCLF_MAX_PIXELS", "lots")
-    with pytest.raises(UserError, match=r"IMGCLF_MAX_PIXELS='lots' must be a positive integer"):
+    with pytest.raises(UserError, match=r"IMGCLF_MAX_PIXELS='lots' is not an integer"):
         images.max_pixels()
     monkeypatch.setenv("IMGCLF_MAX_PIXELS", "1000")
     assert images.max_pixels() == 1000

@@ -92,7 +92,7 @@ def test_sagemaker_training_channel_holding_all_three(sm_tree, color_data):
     ("extra_class", "test has classes that train lacks: 009.Extra"),
     ("bad_lr", "lr must be > 0"),
     ("bad_arch", "unknown architecture 'resnet_nope'"),
-    ("bad_pixel_limit", "IMGCLF_MAX_PIXELS='64M' must be a positive integer"),
+    ("bad_pixel_limit", "IMGCLF_MAX_PIXELS='64M' is not an integer"),
 ])
 def test_bad_input_writes_the_reason_to_the_failure_file(sm_tree, color_data, case, needle):
     sm_tree.channel("train", color_data / "train")

@@ -14,6 +14,7 @@ from typing import BinaryIO, Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imgclf.envvars import env_int
 from imgclf.failure import SettingError, UserError
 
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
@@ -24,16 +25,7 @@ def max_pixels() -> int:
     """The pixel limit in IMGCLF_MAX_PIXELS (default 64 Mpx); SettingError naming the
     variable when it is not a positive integer. ``serve`` and training call it at start, so a
     typo stops them with one line instead of surfacing as each image's error."""
-    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_PIXELS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise SettingError(f"{MAX_PIXELS_ENV}={raw!r} must be a positive integer (pixels)")
-    return value
+    return env_int(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS, minimum=1)
 
 
 # decode_image checks the header's size against MAX_PIXELS before any pixel is decoded, so PIL's

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from imgclf.envvars import env_int
+from imgclf.failure import SettingError
+
 DEFAULT_MODEL_DIR = "/opt/ml/model"
 DEFAULT_PORT = 8080
 DEFAULT_BIND_HOST = "0.0.0.0"  # SageMaker sends /ping and /invocations to port 8080 from outside
@@ -31,21 +34,6 @@ DEFAULT_DRAIN_GRACE_S = 30  # IMGCLF_DRAIN_GRACE_S: SIGTERM lets requests in fli
 DEFAULT_BODY_TIMEOUT_S = 30  # IMGCLF_BODY_TIMEOUT_S: a body slower than this gets 408
 
 
-def _int(name: str, default: int | None, minimum: int | None = None) -> int | None:
-    """The integer in ``name`` (``default`` when unset or empty); ValueError naming the variable
-    when it is not an integer or under ``minimum``."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name}={value} must be >= {minimum}")
-    return value
-
-
 def _port_range(name: str) -> tuple[int, int] | None:
     """``LO-HI`` (or one port) in ``name``, as SageMaker sets SAGEMAKER_SAFE_PORT_RANGE."""
     raw = os.environ.get(name, "").strip()
@@ -55,9 +43,9 @@ def _port_range(name: str) -> tuple[int, int] | None:
     try:
         rng = (int(lo), int(hi or lo))
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a port range like 10000-10999") from None
+        raise SettingError(f"{name}={raw!r} is not a port range like 10000-10999") from None
     if not 1 <= rng[0] <= rng[1] <= 65535:
-        raise ValueError(f"{name}={raw!r} is not a port range within 1-65535")
+        raise SettingError(f"{name}={raw!r} is not a port range within 1-65535")
     return rng
 
 
@@ -67,11 +55,11 @@ def model_dir() -> str:
 
 
 def default_topk() -> int:
-    return _int("IMGCLF_DEFAULT_TOPK", DEFAULT_TOPK, minimum=1)
+    return env_int("IMGCLF_DEFAULT_TOPK", DEFAULT_TOPK, minimum=1)
 
 
 def max_images() -> int:
-    return _int("IMGCLF_MAX_IMAGES", DEFAULT_MAX_IMAGES, minimum=1)
+    return env_int("IMGCLF_MAX_IMAGES", DEFAULT_MAX_IMAGES, minimum=1)
 
 
 def batch_mode() -> bool:
@@ -82,7 +70,7 @@ def batch_mode() -> bool:
 def max_payload_bytes() -> int:
     """SAGEMAKER_MAX_PAYLOAD_IN_MB (6 by default); in batch mode capped at 100 as batch transform's
     MaxPayloadInMB is."""
-    mb = _int("SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB, minimum=1)
+    mb = env_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB, minimum=1)
     if batch_mode():
         mb = min(mb, BATCH_MAX_PAYLOAD_MB)
     return mb * 1024 * 1024
@@ -112,29 +100,29 @@ class ServerSettings:
     @classmethod
     def from_env(cls) -> "ServerSettings":
         batch = batch_mode()
-        port = _int("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT, minimum=1)
+        port = env_int("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT, minimum=1)
         if port > 65535:
-            raise ValueError(f"SAGEMAKER_BIND_TO_PORT={port} is not a port (1-65535)")
+            raise SettingError(f"SAGEMAKER_BIND_TO_PORT={port} is not a port (1-65535)")
         return cls(
             model_dir=model_dir(),
             port=port,
             bind_host=os.environ.get("IMGCLF_BIND_HOST") or DEFAULT_BIND_HOST,
-            workers=_int("SAGEMAKER_MODEL_SERVER_WORKERS", None, minimum=1),
-            timeout_s=_int("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS",
-                           _int("SAGEMAKER_MODEL_SERVER_TIMEOUT",
-                                BATCH_TIMEOUT_S if batch else DEFAULT_TIMEOUT_S, minimum=1),
-                           minimum=1),
+            workers=env_int("SAGEMAKER_MODEL_SERVER_WORKERS", None, minimum=1),
+            timeout_s=env_int("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS",
+                              env_int("SAGEMAKER_MODEL_SERVER_TIMEOUT",
+                                      BATCH_TIMEOUT_S if batch else DEFAULT_TIMEOUT_S, minimum=1),
+                              minimum=1),
             max_payload_bytes=max_payload_bytes(),
-            startup_timeout_s=_int("SAGEMAKER_STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT_S,
-                                   minimum=1),
+            startup_timeout_s=env_int("SAGEMAKER_STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT_S,
+                                      minimum=1),
             vmargs=os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", DEFAULT_VMARGS),
             run_dir=os.environ.get("IMGCLF_SERVE_RUN_DIR") or None,
             mms_config_file=os.environ.get("IMGCLF_MMS_CONFIG_FILE") or None,
             safe_port_range=_port_range("SAGEMAKER_SAFE_PORT_RANGE"),
             batch=batch,
-            max_batch_size=_int("IMGCLF_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, minimum=1),
-            max_batch_delay_ms=_int("IMGCLF_MAX_BATCH_DELAY_MS", DEFAULT_MAX_BATCH_DELAY_MS,
-                                    minimum=0),
-            drain_grace_s=_int("IMGCLF_DRAIN_GRACE_S", DEFAULT_DRAIN_GRACE_S, minimum=0),
-            body_timeout_s=_int("IMGCLF_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S, minimum=1),
+            max_batch_size=env_int("IMGCLF_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, minimum=1),
+            max_batch_delay_ms=env_int("IMGCLF_MAX_BATCH_DELAY_MS", DEFAULT_MAX_BATCH_DELAY_MS,
+                                       minimum=0),
+            drain_grace_s=env_int("IMGCLF_DRAIN_GRACE_S", DEFAULT_DRAIN_GRACE_S, minimum=0),
+            body_timeout_s=env_int("IMGCLF_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S, minimum=1),
         )
