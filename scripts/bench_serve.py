@@ -19,6 +19,10 @@ loopback port with an artifact of ``--arch`` (random weights: timing does not de
   included, is the next row);
 - cold start: process start -> /ping 200, and -> first answer;
 
+on the device the server uses (``--device auto``: the GPU when torch sees one, as the workers do;
+``--device cpu`` hides the GPUs from both sides). On a GPU the in-process paths are eager and
+optimised (float16 autocast + channels_last); the CPU candidates are not measured there;
+
 with the ratios against the goals: served p50 at c=1 <= 1.15x in-process single, served c=16
 >= 0.9x the batched limit, optimised >= 1.3x eager. The in-process paths take turns image by
 image, before and after the server runs; the faster of the two is kept (others may share the
@@ -61,6 +65,9 @@ def parse_args(argv=None):
                         "compiles its request path over the first few hundred (default: 300)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16],
                    help="client concurrency levels (default: 1 16)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (default): CUDA when torch sees a GPU, as the server's workers "
+                        "choose; cpu: hide the GPUs from the server and the in-process paths")
     p.add_argument("--json-out", help="also write the figures to this JSON file")
     return p.parse_args(argv)
 
@@ -202,17 +209,39 @@ class CpuMeter:
 
 
 # IMGCLF_INFERENCE values measured in-process; "optimized" (what the server serves) last, as the
-# batched limit uses it.
+# batched limit uses it. On a GPU the CPU candidates would only fall back to eager.
 IN_PROCESS_PATHS = ("eager", "jit", "onnxruntime", "optimized")
+GPU_IN_PROCESS_PATHS = ("eager", "optimized")
 
 
-def in_process_models(model_dir: str, threads: int) -> dict:
-    """The artifact loaded once on each path of ``IN_PROCESS_PATHS``."""
+def resolve_device(wanted: str) -> str:
+    """``cpu`` or ``cuda`` for ``--device``; ``cpu`` hides the GPUs from this process (before
+    CUDA starts) and from the server, which inherits the environment."""
+    if wanted == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import torch
+    if wanted == "cpu" or not torch.cuda.is_available():
+        if wanted == "cuda":
+            print("bench_serve: --device cuda, but torch sees no GPU (torch "
+                  f"{torch.__version__}, CUDA build {torch.version.cuda})", file=sys.stderr)
+            raise SystemExit(2)
+        return "cpu"
+    return "cuda"
+
+
+def in_process_models(model_dir: str, threads: int, device: str = "cpu") -> dict:
+    """The artifact loaded once on each in-process path for ``device``."""
     import torch
 
     from imgclf.serving import handler
     torch.set_num_threads(threads)
-    return {mode: handler.load_model(model_dir, "cpu", inference=mode) for mode in IN_PROCESS_PATHS}
+    paths = IN_PROCESS_PATHS if device == "cpu" else GPU_IN_PROCESS_PATHS
+    return {mode: handler.load_model(model_dir, device, inference=mode) for mode in paths}
+
+
+def device_name(device: str) -> str:
+    import torch
+    return torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
 
 
 def single_ms(served, body: bytes) -> float:
@@ -297,6 +326,7 @@ def c1_side_by_side(port: int, body: bytes, served, meter: CpuMeter, rounds: int
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    device = resolve_device(args.device)
     from imgclf import resources
     tmp = tempfile.mkdtemp(prefix="bench-serve-")
     model_dir = args.model_dir or os.path.join(tmp, "model")
@@ -311,8 +341,8 @@ def main(argv=None) -> int:
     log_path = os.path.join(tmp, "serve.log")
     cpus = resources.cpu_count()
     r: dict = {"arch": args.arch, "image_size": args.image_size, "jpeg_bytes": len(body),
-               "cpus": cpus}
-    models = in_process_models(model_dir, cpus)
+               "cpus": cpus, "device": device_name(device)}
+    models = in_process_models(model_dir, cpus, device)
     before = in_process(models, body, cpus)
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
@@ -361,10 +391,11 @@ def main(argv=None) -> int:
     r["loadavg_1m"] = os.getloadavg()[0]
     by_c = {s["concurrency"]: s for s in r["served"]}
     print(f"\nserving benchmark: {r['arch']} {r['image_size']}px, one {r['jpeg_bytes'] // 1024} KB "
-          f"500x375 JPEG per request, {cpus} CPUs (cgroup-aware), served: {r['workers']}, "
+          f"500x375 JPEG per request, {cpus} CPUs (cgroup-aware), {r['device']}, "
+          f"served: {r['workers']}, "
           f"path {r['served_path']}, measured after {args.warmup} warm-up requests")
     rows = [("in-process single, eager", f"{ip['single_eager_ms']:.1f} ms", "")]
-    for mode in ("jit", "onnxruntime"):
+    for mode in (m for m in ("jit", "onnxruntime") if f"single_{m}_ms" in ip):
         rows.append((f"in-process single, {mode}", f"{ip[f'single_{mode}_ms']:.1f} ms",
                      f"{ip['single_eager_ms'] / ip[f'single_{mode}_ms']:.2f}x eager"
                      + ("" if ip[f"path_{mode}"] != "eager" else " (fell back to eager)")))

@@ -4,6 +4,9 @@ low-margin outputs), 500 images each through the serving preprocessing."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings as warnings_module
 
 import pytest
@@ -142,3 +145,15 @@ def test_a_model_that_does_not_run_is_left_to_check_model(caplog):
         path = fastpath.choose(Broken(), 16, torch.device("cpu"), "optimized")
     assert (path.name, path.detail) == ("eager", "eager failed on the check inputs")
     assert "RuntimeError: mat1 and mat2" in caplog.text
+
+
+def test_bench_serve_refuses_a_gpu_torch_cannot_see():
+    """``make bench-serve`` measures the device the workers use; ``--device cuda`` where torch
+    sees no GPU is exit 2 with one line, before a model is built or a server started."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, os.path.join(repo, "scripts", "bench_serve.py"),
+                        "--device", "cuda"], env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
+                       capture_output=True, text=True, timeout=120)
+    lines = p.stderr.strip().splitlines()
+    assert (p.returncode, p.stdout, len(lines)) == (2, "", 1), p.stderr
+    assert "--device cuda" in lines[0] and "no GPU" in lines[0]
