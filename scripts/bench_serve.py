@@ -335,7 +335,9 @@ def main(argv=None) -> int:
     body = make_jpeg()
     port = free_port()
     env = dict(os.environ, SM_MODEL_DIR=model_dir, SAGEMAKER_BIND_TO_PORT=str(port),
-               IMGCLF_BIND_HOST="127.0.0.1", PYTHONPATH=os.path.join(REPO, "code"))
+               IMGCLF_BIND_HOST="127.0.0.1",  # the caller's PYTHONPATH kept, after ours
+               PYTHONPATH=os.pathsep.join(filter(None, (os.path.join(REPO, "code"),
+                                                         os.environ.get("PYTHONPATH")))))
     if args.workers:
         env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(args.workers)
     log_path = os.path.join(tmp, "serve.log")
