@@ -370,6 +370,23 @@ def test_handler_service_module_has_exactly_one_class():
     assert len(own) == 1 and hasattr(own[0](), "handle")
 
 
+def test_the_workers_write_no_metrics_line_per_request(caplog):
+    """MMS's worker emits "[METRICS]PredictionTime..." after every request; with the handler
+    service imported (as MMS's worker does) MMS's own emit writes nothing, while its warnings
+    (a failed prediction) still do."""
+    import logging
+
+    from mms.metrics.metrics_store import MetricsStore
+    from mms.service import emit_metrics, logger
+    importlib.import_module(handler_service.__name__)
+    store = MetricsStore({0: "request-1"}, "model")
+    store.add_time("PredictionTime", 12.5)
+    with caplog.at_level(logging.INFO):  # the root's level: the mms.service logger keeps its own
+        emit_metrics(store.store)
+        logger.warning("Invoking custom service failed.")
+    assert [r.getMessage() for r in caplog.records] == ["Invoking custom service failed."]
+
+
 def test_inference_entry_point_exposes_the_contract():
     import inference
     for name in ("model_fn", "input_fn", "predict_fn", "output_fn"):
