@@ -26,7 +26,7 @@ import torch
 
 from imgclf.atomic import atomic_torch_save
 from imgclf.failure import TrainingError
-from imgclf.transforms import DEFAULT_CROP_SCALE
+from imgclf.config import DEFAULT_CROP_SCALE
 
 log = logging.getLogger(__name__)
 

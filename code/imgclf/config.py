@@ -22,6 +22,10 @@ from imgclf.options import option, str2bool, tristate
 
 log = logging.getLogger(__name__)
 
+# the smallest share of the image a random training crop keeps: torchvision's RandomResizedCrop
+# default (the ImageNet recipe); also what a checkpoint from before the flag existed trained with
+DEFAULT_CROP_SCALE = 0.08
+
 SEED_SEARCH_SPACE = {
     "lr": {"type": "continuous", "min": 0.001, "max": 0.01, "scaling": "Logarithmic"},
     "batch-size": {"type": "categorical", "values": [128, 256, 512]},
@@ -105,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     option(g, "resize-size", type=int, default=0,
            help="evaluation and serving: resize the short side to this, then centre-crop "
                 "image-size (0 = image-size x 256/224, the ImageNet ratio; = image-size: no crop)")
-    option(g, "crop-scale", type=float, default=0.08,
+    option(g, "crop-scale", type=float, default=DEFAULT_CROP_SCALE,
            help="augmentation: smallest share of the image area a random training crop keeps "
                 "(RandomResizedCrop scale=(crop-scale, 1); 0.08 = the ImageNet recipe, 1 = "
                 "position and aspect jitter only)")

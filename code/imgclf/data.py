@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from imgclf.config import DEFAULT_CROP_SCALE
 from imgclf.failure import TrainingError
 from imgclf.images import ImageDecodeError
 from imgclf.layout import display_name, list_images  # noqa: F401 (display_name: re-exported)
-from imgclf.transforms import (DEFAULT_CROP_SCALE, default_resize_size, eval_transform, load_uint8,
+from imgclf.transforms import (default_resize_size, eval_transform, load_uint8,
                                train_transform)
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from imgclf.config import DEFAULT_CROP_SCALE
 from imgclf.images import Source, decode_image
 
 
@@ -26,7 +27,6 @@ def default_resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
-DEFAULT_CROP_SCALE = 0.08  # torchvision's RandomResizedCrop default (the ImageNet recipe)
 
 
 def train_transform(image_size: int, crop_scale: float = DEFAULT_CROP_SCALE) -> v2.Compose:
