@@ -7,6 +7,7 @@ import base64
 import importlib
 import inspect
 import json
+import logging
 import re
 
 import pytest
@@ -374,8 +375,6 @@ def test_the_workers_write_no_metrics_line_per_request(caplog):
     """MMS's worker emits "[METRICS]PredictionTime..." after every request; with the handler
     service imported (as MMS's worker does) MMS's own emit writes nothing, while its warnings
     (a failed prediction) still do."""
-    import logging
-
     from mms.metrics.metrics_store import MetricsStore
     from mms.service import emit_metrics, logger
     importlib.import_module(handler_service.__name__)

@@ -383,15 +383,10 @@ def test_requests_write_no_log_line_each(server):
     """MMS logs "Backend response time: N" for every request (and the JVM parses a metrics line
     from the worker for each); serve drops that line, so a busy endpoint's log holds no line per
     request unless IMGCLF_ACCESS_LOG_LEVEL=info asks for the access log."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     lines = len(server.log().splitlines())
     for i in range(8):
-        conn.request("POST", "/invocations", encode(color_image(CLASSES[i % 3])),
-                     {"Content-Type": "image/png"})
-        resp = conn.getresponse()
-        assert resp.status == 200, resp.read()
-        resp.read()
-    conn.close()
+        status, _, body = invoke(server.port, encode(color_image(CLASSES[i % 3])), "image/png")
+        assert status == 200, body
     time.sleep(0.5)  # MMS logs after answering
     log = server.log()
     assert "Model server started" in log  # MMS's other info lines still come

@@ -27,8 +27,6 @@ def default_resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
-
-
 def train_transform(image_size: int, crop_scale: float = DEFAULT_CROP_SCALE) -> v2.Compose:
     """Random crop of ``crop_scale``..100% of the area (aspect 3/4..4/3) to ``image_size``, and a
     horizontal flip."""
