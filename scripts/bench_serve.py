@@ -234,9 +234,12 @@ def in_process_models(model_dir: str, threads: int, device: str = "cpu") -> dict
     import torch
 
     from imgclf.serving import handler
-    torch.set_num_threads(threads)
     paths = IN_PROCESS_PATHS if device == "cpu" else GPU_IN_PROCESS_PATHS
-    return {mode: handler.load_model(model_dir, device, inference=mode) for mode in paths}
+    models = {}
+    for mode in paths:
+        torch.set_num_threads(threads)  # the worker's share; predicting sets each path's own
+        models[mode] = handler.load_model(model_dir, device, inference=mode)
+    return models
 
 
 def device_name(device: str) -> str:

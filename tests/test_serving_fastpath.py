@@ -66,6 +66,32 @@ def test_env_picks_the_path(monkeypatch, color_model, value, path_name):
     assert handler.load_model(color_model, "cpu", warm=False).path.name == path_name
 
 
+def test_each_path_predicts_with_its_own_torch_threads(color_model, monkeypatch):
+    """ONNX Runtime forwards on a pool of its own: torch (decode, preprocess) keeps one thread
+    beside it, not the worker's share, while the decode pool and eager keep the share - also
+    with both models in one process, predicting in turns."""
+    torch.set_num_threads(2)  # the worker's share (one_thread puts it back after the module)
+    ort = handler.load_model(color_model, "cpu", inference="onnxruntime")
+    torch.set_num_threads(2)
+    eager = handler.load_model(color_model, "cpu", inference="eager")
+    assert (ort.threads, ort.torch_threads) == (2, fastpath.ORT_TORCH_THREADS) == (2, 1)
+    assert (eager.threads, eager.torch_threads) == (2, 2)
+    seen = []
+    for served in (ort, eager):
+        forward = served.path.forward
+        monkeypatch.setattr(served.path, "forward",
+                            lambda x, f=forward: seen.append(torch.get_num_threads()) or f(x))
+    pools = []
+    real_pool = handler._pool
+    monkeypatch.setattr(handler, "_pool", lambda n: pools.append(n) or real_pool(n))
+    img = encode(color_image("red", seed=3))
+    for served in (ort, eager, ort):
+        assert handler.predict_fn(handler.InferenceRequest([img]), served).classes == CLASSES
+        handler.predict_batch([handler.InferenceRequest([img, img])], served)
+    assert seen == [1, 1, 2, 2, 1, 1]
+    assert pools == [2, 2, 2]
+
+
 def test_env_refuses_unknown_values(monkeypatch):
     monkeypatch.setenv(fastpath.INFERENCE_ENV, "turbo")
     with pytest.raises(ValueError, match="IMGCLF_INFERENCE='turbo': use one of optimized, eager, "

@@ -4,6 +4,7 @@ Transformer's batching and error mapping, the MMS config. The real MMS is in tes
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib
 import inspect
 import json
@@ -112,9 +113,9 @@ def test_batch_is_one_forward_pass(served, monkeypatch):
     assert calls == [torch.Size([3, 3, 32, 32])]
 
 
-def test_images_decoded_in_parallel_keep_their_order_and_errors_also_in_a_fork(served, monkeypatch):
+def test_images_decoded_in_parallel_keep_their_order_and_errors_also_in_a_fork(served):
     import multiprocessing
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # a pool even on a 1-CPU runner
+    served = dataclasses.replace(served, threads=3)  # a pool even on a 1-CPU runner
     data = [encode(color_image(n, seed=40 + i)) for i, n in enumerate(CLASSES * 3)]
     one_by_one = [handler.load_uint8(d, served.transform, draft_size=served.meta.resize_size)
                   for d in data]

@@ -3,8 +3,9 @@
 CPU candidates, tried in this order (``CPU_CANDIDATES``):
 
 - ``onnxruntime``: the model exported to ONNX in memory (``torch.onnx.export``, TorchScript
-  exporter, dynamic batch axis) and run by an ONNX Runtime CPU session on the worker's torch
-  thread count. The fastest where measured (README "Inference path").
+  exporter, dynamic batch axis) and run by an ONNX Runtime CPU session on the worker's share
+  of threads, torch keeping one for decoding and preprocessing. The fastest where measured
+  (README "Inference path").
 - ``jit``: channels_last weights, ``torch.jit.trace`` + ``torch.jit.freeze`` (conv-BN folding,
   constants inlined) + ``torch.jit.optimize_for_inference`` (oneDNN).
 
@@ -52,6 +53,12 @@ ONNX_OPSET = 17
 # p90 is 39-57 ms against 27-32 and it takes 20% more CPU per request (64-67 vs 53-55 ms), CPU
 # that the front and MMS's JVM need. So no spinning.
 ORT_ALLOW_SPINNING = "0"
+# ... and torch itself runs on one thread beside an ONNX Runtime session (InferencePath
+# .torch_threads): decode, resize and normalise are a few ms of a request, and torch's OpenMP
+# threads, left to spin after each of them, took the CPUs ONNX Runtime's own pool was starting
+# the forward on. Measured on 2 CPUs through decode + preprocess + forward, one image: 23.2-24.8
+# against 26.7-30.1 ms and 43-44 against 49-55 ms of CPU; 16 images: 48-52 against 45-49 img/s.
+ORT_TORCH_THREADS = 1
 
 
 @dataclass
@@ -62,6 +69,9 @@ class InferencePath:
     # "eager", "cpu-onnxruntime", "cpu-jit-frozen-channels_last", "cuda-fp16-channels_last"
     name: str
     detail: str = ""
+    # torch's intra-op threads while this path serves; None: the worker's whole share (the
+    # forward runs on torch). The ONNX Runtime path has a pool of its own (ORT_TORCH_THREADS).
+    torch_threads: int | None = None
 
 
 def normalise_mode(raw: str | None) -> str:
@@ -112,7 +122,9 @@ def _cpu_onnxruntime(model: torch.nn.Module, example: torch.Tensor) -> Inference
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {name: x.contiguous().numpy()})[0])
-    return InferencePath(forward, "cpu-onnxruntime", f"onnxruntime {ort.__version__}")
+    return InferencePath(forward, "cpu-onnxruntime",
+                         f"onnxruntime {ort.__version__} on {options.intra_op_num_threads} "
+                         f"threads, torch on {ORT_TORCH_THREADS}", torch_threads=ORT_TORCH_THREADS)
 
 
 def _cpu_jit(model: torch.nn.Module, example: torch.Tensor) -> InferencePath:

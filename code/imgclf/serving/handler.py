@@ -54,12 +54,22 @@ class ServedModel:
     device: torch.device
     transform: object = field(repr=False, default=None)
     path: fastpath.InferencePath | None = field(repr=False, default=None)  # None: eager
+    # the worker's CPU threads (its share of the thread plan; 0: torch's count now): they decode
+    # a batch's images side by side, and torch has them unless the path wants fewer
+    threads: int = 0
 
     def __post_init__(self):
         if self.transform is None:
             self.transform = eval_transform(self.meta.image_size, self.meta.resize_size)
         if self.path is None:
             self.path = fastpath.InferencePath(self.model, "eager")
+        if not self.threads:
+            self.threads = torch.get_num_threads()
+
+    @property
+    def torch_threads(self) -> int:
+        """torch's intra-op threads while this model predicts (:func:`use_threads`)."""
+        return self.path.torch_threads or self.threads
 
 
 @dataclass
@@ -96,12 +106,13 @@ def load_model(model_dir: str, device: str | torch.device = "cpu", warm: bool = 
     Warming pays the lazy costs (first forward, allocator, codec imports, cuDNN autotune) here,
     at worker start, not in the first request.
     """
-    plan.apply_threads(os.environ)  # the thread plan serve set for the workers
+    # the thread plan serve set for the workers; else (in-process) torch's threads now
+    threads = plan.apply_threads(os.environ) or torch.get_num_threads()
     model, meta = load_artifact(model_dir, str(device))
     device = torch.device(device)
     path = fastpath.choose(model, meta.image_size, device, inference)
     log.info("inference path: %s%s", path.name, f" ({path.detail})" if path.detail else "")
-    served = ServedModel(model, meta, device, path=path)
+    served = ServedModel(model, meta, device, path=path, threads=threads)
     if warm:
         check_model(served)
     return served
@@ -223,25 +234,24 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _pool() -> ThreadPoolExecutor | None:
-    """Threads for decoding the images of a batch side by side (PIL and torch's resize release
-    the GIL), as many as this process's torch threads; None on one thread. Made on first use, in
-    the process that decodes (MMS forks its workers; a fork gets a pool of its own)."""
+def _pool(n: int) -> ThreadPoolExecutor | None:
+    """``n`` threads for decoding the images of a batch side by side (PIL and torch's resize
+    release the GIL); None for one. Made on first use, in the process that decodes (MMS forks
+    its workers; a fork gets a pool of its own)."""
     global _decode_pool
-    n = torch.get_num_threads()
     if n < 2:
         return None
     if _decode_pool is None or _decode_pool[0] != n:
         if _decode_pool is not None:
-            _decode_pool[1].shutdown(wait=False)  # torch's thread count changed
+            _decode_pool[1].shutdown(wait=False)  # another model's thread count
         _decode_pool = (n, ThreadPoolExecutor(n, thread_name_prefix="imgclf-decode"))
     return _decode_pool[1]
 
 
 def decode_all(images: list[bytes], served: ServedModel) -> list[torch.Tensor | ImageDecodeError]:
     """Each image decoded, resized and cropped exactly as evaluation does (uint8 CHW), or the
-    reason it could not be; several images are decoded in parallel (measured on 2 CPUs, 16
-    photos: 41 ms one after the other, 27 ms on 2 threads)."""
+    reason it could not be; several images are decoded in parallel on the worker's threads
+    (measured on 2 CPUs, 16 photos: 41 ms one after the other, 27 ms on 2 threads)."""
     size = served.meta.resize_size
 
     def one(data: bytes) -> torch.Tensor | ImageDecodeError:
@@ -249,7 +259,7 @@ def decode_all(images: list[bytes], served: ServedModel) -> list[torch.Tensor | 
             return load_uint8(data, served.transform, draft_size=size)
         except ImageDecodeError as e:
             return e
-    pool = _pool() if len(images) > 1 else None
+    pool = _pool(served.threads) if len(images) > 1 else None
     return list(pool.map(one, images)) if pool else [one(d) for d in images]
 
 
@@ -290,7 +300,16 @@ def _prediction(probs: torch.Tensor, data: InferenceRequest, served: ServedModel
     return Prediction(probs, served.meta.classes, min(k, len(served.meta.classes)))
 
 
+def use_threads(served: ServedModel) -> None:
+    """torch's intra-op threads as ``served`` predicts with them (its path's
+    ``torch_threads``): set at each prediction, a no-op but the first time in a worker, so that
+    models side by side in one process (the benchmark) each run as they are served."""
+    if torch.get_num_threads() != served.torch_threads:
+        torch.set_num_threads(served.torch_threads)
+
+
 def predict_fn(data: InferenceRequest, model: ServedModel, context=None) -> Prediction:
+    use_threads(model)
     return _prediction(forward(model, torch.stack(decode(data.images, model))), data, model)
 
 
@@ -298,6 +317,7 @@ def predict_batch(requests: list[InferenceRequest], served: ServedModel
                   ) -> list[Prediction | BadRequest]:
     """Several requests in ONE forward. A request with an undecodable image gets its BadRequest
     in its place; the others are predicted as if alone."""
+    use_threads(served)
     flat = decode_all([img for req in requests for img in req.images], served)
     decoded: list[list[torch.Tensor] | BadRequest] = []
     start = 0
