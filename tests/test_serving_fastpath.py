@@ -72,7 +72,7 @@ def test_each_path_predicts_with_its_own_torch_threads(color_model, monkeypatch)
     with both models in one process, predicting in turns."""
     torch.set_num_threads(2)  # the worker's share (one_thread puts it back after the module)
     ort = handler.load_model(color_model, "cpu", inference="onnxruntime")
-    torch.set_num_threads(2)
+    torch.set_num_threads(2)  # the ORT model's warm-up prediction left torch on 1
     eager = handler.load_model(color_model, "cpu", inference="eager")
     assert (ort.threads, ort.torch_threads) == (2, fastpath.ORT_TORCH_THREADS) == (2, 1)
     assert (eager.threads, eager.torch_threads) == (2, 2)

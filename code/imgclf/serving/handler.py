@@ -106,13 +106,12 @@ def load_model(model_dir: str, device: str | torch.device = "cpu", warm: bool = 
     Warming pays the lazy costs (first forward, allocator, codec imports, cuDNN autotune) here,
     at worker start, not in the first request.
     """
-    # the thread plan serve set for the workers; else (in-process) torch's threads now
-    threads = plan.apply_threads(os.environ) or torch.get_num_threads()
+    plan.apply_threads(os.environ)  # serve's thread plan: torch's count now is ServedModel.threads
     model, meta = load_artifact(model_dir, str(device))
     device = torch.device(device)
     path = fastpath.choose(model, meta.image_size, device, inference)
     log.info("inference path: %s%s", path.name, f" ({path.detail})" if path.detail else "")
-    served = ServedModel(model, meta, device, path=path, threads=threads)
+    served = ServedModel(model, meta, device, path=path)
     if warm:
         check_model(served)
     return served
