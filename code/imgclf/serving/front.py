@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -90,8 +91,16 @@ class _Pending:
     body: bytes
     query: str
     future: asyncio.Future
-    meta: dict  # its part's head in a bundle
-    size: int  # bytes it adds to a bundle
+
+    # a bundle's part head and size are worked out only for a request that shares a bundle
+    @functools.cached_property
+    def meta(self) -> dict:
+        return {"headers": dict(self.headers)}
+
+    @functools.cached_property
+    def size(self) -> int:
+        """Bytes it adds to a bundle."""
+        return bundle.part_bytes(self.meta, self.body)
 
 
 class JsonErrorHandler(web.RequestHandler):
@@ -241,23 +250,30 @@ class Front:
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------------- batching
-    def submit(self, headers: list[tuple[str, str]], body: bytes, query: str
-               ) -> asyncio.Future:
-        """Queue one request for the model; the future gets its ``web.Response``."""
-        fut = asyncio.get_running_loop().create_future()
-        meta = {"headers": dict(headers)}
-        self._queue.append(_Pending(headers, body, query, fut, meta,
-                                    bundle.part_bytes(meta, body)))
-        self._dispatch()
-        return fut
+    async def submit(self, headers: list[tuple[str, str]], body: bytes, query: str
+                     ) -> web.Response:
+        """One request for the model: its answer. A request that finds a worker free and no
+        company to wait for goes to MMS at once, from the task that received it; others wait in
+        the queue for a bundle (:meth:`_dispatch`)."""
+        loop = asyncio.get_running_loop()
+        p = _Pending(headers, body, query, loop.create_future())
+        if (not self._queue and self._busy < self.workers + PREFETCH_JOBS
+                and self._wait_s(loop.time(), queued=1) == 0):
+            self._busy += 1
+            await self._run([p])  # what _dispatch would do with it, without a task of its own
+        else:
+            self._queue.append(p)
+            self._dispatch()
+        return await p.future
 
-    def _wait_s(self, now: float) -> float:
+    def _wait_s(self, now: float, queued: int | None = None) -> float:
         """How long the queue should wait for company before it goes: 0 once it holds as many
         requests as were in the front when the last bundle was answered (that bundle's and
         those queued then), or when the server has been idle for longer than the batch delay (a
         request that finds the server idle is never delayed); else what is left of the delay
-        since the last answer, while the clients just answered send their next requests."""
-        if len(self._queue) >= self._expected:
+        since the last answer, while the clients just answered send their next requests.
+        ``queued``: the queue's length to judge by (default: its length now)."""
+        if (len(self._queue) if queued is None else queued) >= self._expected:
             return 0.0
         return max(0.0, self._last_done + self.max_batch_delay_s - now)
 
@@ -293,10 +309,12 @@ class Front:
             if p.future.done():  # cancelled: the client disconnected while it waited
                 self._queue.popleft()
                 continue
-            if batch and size + p.size > self.bundle_limit:
-                break
+            if batch:  # a bundle: sizes count from its second part on
+                size = size or batch[0].size
+                if size + p.size > self.bundle_limit:
+                    break
+                size += p.size
             batch.append(self._queue.popleft())
-            size += p.size
         return batch
 
     async def _run(self, batch: list["_Pending"]) -> None:
