@@ -309,7 +309,7 @@ class Front:
             if p.future.done():  # cancelled: the client disconnected while it waited
                 self._queue.popleft()
                 continue
-            if batch:  # a bundle: sizes count from its second part on
+            if batch:  # a second part makes a bundle: from here on its bytes are counted
                 size = size or batch[0].size
                 if size + p.size > self.bundle_limit:
                     break
