@@ -92,7 +92,7 @@ class _Pending:
     query: str
     future: asyncio.Future
 
-    # a bundle's part head and size are worked out only for a request that shares a bundle
+    # its part head and size in a bundle: worked out only for a request that waits in the queue
     @functools.cached_property
     def meta(self) -> dict:
         return {"headers": dict(self.headers)}
@@ -257,29 +257,32 @@ class Front:
         the queue for a bundle (:meth:`_dispatch`)."""
         loop = asyncio.get_running_loop()
         p = _Pending(headers, body, query, loop.create_future())
-        if (not self._queue and self._busy < self.workers + PREFETCH_JOBS
-                and self._wait_s(loop.time(), queued=1) == 0):
+        self._queue.append(p)
+        if len(self._queue) == 1 and self._job_free() and self._wait_s(loop.time()) == 0:
+            self._queue.popleft()
             self._busy += 1
             await self._run([p])  # what _dispatch would do with it, without a task of its own
         else:
-            self._queue.append(p)
             self._dispatch()
         return await p.future
 
-    def _wait_s(self, now: float, queued: int | None = None) -> float:
+    def _job_free(self) -> bool:
+        """Whether MMS may take one more job now (one per worker, ``PREFETCH_JOBS`` more)."""
+        return self._busy < self.workers + PREFETCH_JOBS
+
+    def _wait_s(self, now: float) -> float:
         """How long the queue should wait for company before it goes: 0 once it holds as many
         requests as were in the front when the last bundle was answered (that bundle's and
         those queued then), or when the server has been idle for longer than the batch delay (a
         request that finds the server idle is never delayed); else what is left of the delay
-        since the last answer, while the clients just answered send their next requests.
-        ``queued``: the queue's length to judge by (default: its length now)."""
-        if (len(self._queue) if queued is None else queued) >= self._expected:
+        since the last answer, while the clients just answered send their next requests."""
+        if len(self._queue) >= self._expected:
             return 0.0
         return max(0.0, self._last_done + self.max_batch_delay_s - now)
 
     def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._queue and self._busy < self.workers + PREFETCH_JOBS:
+        while self._queue and self._job_free():
             wait = self._wait_s(loop.time())
             if wait > 0:
                 if self._timer is None:
@@ -309,12 +312,10 @@ class Front:
             if p.future.done():  # cancelled: the client disconnected while it waited
                 self._queue.popleft()
                 continue
-            if batch:  # a second part makes a bundle: from here on its bytes are counted
-                size = size or batch[0].size
-                if size + p.size > self.bundle_limit:
-                    break
-                size += p.size
+            if batch and size + p.size > self.bundle_limit:
+                break
             batch.append(self._queue.popleft())
+            size += p.size
         return batch
 
     async def _run(self, batch: list["_Pending"]) -> None:
