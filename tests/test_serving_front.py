@@ -152,6 +152,30 @@ def test_not_ready_is_503_and_unknown_paths_404():
     assert c_status == 404 and c_doc["status"] == 404  # MMS's management routes are not public
 
 
+def test_head_answers_like_get_and_a_known_path_with_another_method_is_405():
+    async def calls(client, url):
+        out = {}
+        for method, path in [("GET", "/ping"), ("HEAD", "/ping"),
+                             ("GET", "/execution-parameters"), ("HEAD", "/execution-parameters"),
+                             ("GET", "/invocations"), ("POST", "/ping"),
+                             ("PUT", "/execution-parameters"), ("HEAD", "/models")]:
+            async with client.request(method, url + path) as r:
+                out[method, path] = r.status, r.headers.get("Allow"), await r.read()
+        return out
+    out = asyncio.run(with_front(free_port(), calls, ready=False))
+    for path in ("/ping", "/execution-parameters"):  # GET's status, no body
+        status, _, body = out["GET", path]
+        assert body and out["HEAD", path] == (status, None, b""), path
+    assert out["GET", "/ping"][0] == 503 and out["GET", "/execution-parameters"][0] == 200
+    for key, allow in [(("GET", "/invocations"), "POST"), (("POST", "/ping"), "GET, HEAD"),
+                       (("PUT", "/execution-parameters"), "GET, HEAD")]:
+        status, allowed, body = out[key]
+        assert (status, allowed) == (405, allow), key
+        assert json.loads(body) == {"error": f"{key[1]} answers {allow}, not {key[0]}",
+                                    "status": 405}
+    assert out["HEAD", "/models"][:2] == (404, None)
+
+
 @pytest.mark.parametrize("env,expect", [
     ({}, {"MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 6}),
     ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "20"}, {"MaxPayloadInMB": 20}),

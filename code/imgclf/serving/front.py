@@ -66,6 +66,9 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 # in MMS's queue, so the worker never idles while its last batch's clients send their next
 # requests (measured on 2 CPUs, c=16: README "Batching")
 PREFETCH_JOBS = 1
+# the public endpoints and their methods (HEAD: as GET, without the body)
+ROUTES = {"/ping": ("GET", "HEAD"), "/invocations": ("POST",),
+          "/execution-parameters": ("GET", "HEAD")}
 # not passed on from clients: hop-by-hop, and the header that marks the front's own bundles
 DROP_HEADERS = HOP_BY_HOP | {bundle.TOKEN_HEADER.lower()}
 
@@ -414,9 +417,17 @@ class Front:
         return await self.submit(headers, body, request.raw_path.partition("?")[2])
 
     async def not_found(self, request: web.Request) -> web.Response:
+        """404 for an unknown path; 405 with ``Allow`` for a known one asked with another
+        method (``GET /invocations``, ``POST /ping``)."""
+        allowed = ROUTES.get(request.path)
+        if allowed:
+            resp = error(405, f"{request.path} answers {', '.join(allowed)}, not "
+                              f"{request.method}")
+            resp.headers["Allow"] = ", ".join(allowed)
+            return self._closing(resp)
+        endpoints = ", ".join(f"{methods[0]} {path}" for path, methods in ROUTES.items())
         return self._closing(error(404, f"no such endpoint {request.method} {request.path}; "
-                                        "this server answers GET /ping, POST /invocations, "
-                                        "GET /execution-parameters"))
+                                        f"this server answers {endpoints}"))
 
     @staticmethod
     def _closing(resp: web.Response) -> web.Response:
@@ -437,9 +448,9 @@ class Front:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.count], client_max_size=self.max_body)
-        app.router.add_route("GET", "/ping", self.ping)  # HEAD too (aiohttp adds it for GET)
-        app.router.add_route("GET", "/execution-parameters", self.execution_parameters)
-        app.router.add_route("POST", "/invocations", self.proxy)
+        app.router.add_get("/ping", self.ping)  # add_get answers HEAD too (no body)
+        app.router.add_get("/execution-parameters", self.execution_parameters)
+        app.router.add_post("/invocations", self.proxy)
         app.router.add_route("*", "/{tail:.*}", self.not_found)
         return app
 
