@@ -38,6 +38,9 @@ class RawUpstream:
 
     async def handle(self, reader, writer):
         self.connections += 1
+        # requests answered on THIS connection; a count keyed by id(writer) took a new
+        # connection for stale when its writer reused the id of a closed one's
+        answered = 0
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -46,10 +49,10 @@ class RawUpstream:
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":", 1)[1])
                 await reader.readexactly(length)
-                if self.requests_on(writer) >= 1:
+                if answered >= 1:
                     writer.transport.abort()  # stale: reset, no answer
                     return
-                self._count[id(writer)] = self.requests_on(writer) + 1
+                answered += 1
                 self.requests += 1
                 writer.write(self.answer)
                 await writer.drain()
@@ -60,11 +63,7 @@ class RawUpstream:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             writer.close()
 
-    def requests_on(self, writer) -> int:
-        return self._count.get(id(writer), 0)
-
     async def __aenter__(self):
-        self._count = {}
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
