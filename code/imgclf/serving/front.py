@@ -66,9 +66,6 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 # in MMS's queue, so the worker never idles while its last batch's clients send their next
 # requests (measured on 2 CPUs, c=16: README "Batching")
 PREFETCH_JOBS = 1
-# the public endpoints and their methods (HEAD: as GET, without the body)
-ROUTES = {"/ping": ("GET", "HEAD"), "/invocations": ("POST",),
-          "/execution-parameters": ("GET", "HEAD")}
 # not passed on from clients: hop-by-hop, and the header that marks the front's own bundles
 DROP_HEADERS = HOP_BY_HOP | {bundle.TOKEN_HEADER.lower()}
 
@@ -157,6 +154,7 @@ class Front:
         self._last_done = float("-inf")
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._routes: dict[str, list[str]] = {}  # path -> methods, filled by app()
 
     @classmethod
     def from_settings(cls, s, workers: int, inference_port: int, management_port: int,
@@ -419,13 +417,13 @@ class Front:
     async def not_found(self, request: web.Request) -> web.Response:
         """404 for an unknown path; 405 with ``Allow`` for a known one asked with another
         method (``GET /invocations``, ``POST /ping``)."""
-        allowed = ROUTES.get(request.path)
+        allowed = self._routes.get(request.path)
         if allowed:
             resp = error(405, f"{request.path} answers {', '.join(allowed)}, not "
                               f"{request.method}")
             resp.headers["Allow"] = ", ".join(allowed)
             return self._closing(resp)
-        endpoints = ", ".join(f"{methods[0]} {path}" for path, methods in ROUTES.items())
+        endpoints = ", ".join(f"{methods[0]} {path}" for path, methods in self._routes.items())
         return self._closing(error(404, f"no such endpoint {request.method} {request.path}; "
                                         f"this server answers {endpoints}"))
 
@@ -451,6 +449,11 @@ class Front:
         app.router.add_get("/ping", self.ping)  # add_get answers HEAD too (no body)
         app.router.add_get("/execution-parameters", self.execution_parameters)
         app.router.add_post("/invocations", self.proxy)
+        # path -> its methods as registered above (GET before the HEAD that mirrors it), for
+        # the 405's Allow and the 404's list; the catch-all below is not one of them
+        self._routes = {r.get_info()["path"]: sorted((x.method for x in r),
+                                                     key=lambda m: m == "HEAD")
+                        for r in app.router.resources()}
         app.router.add_route("*", "/{tail:.*}", self.not_found)
         return app
 
