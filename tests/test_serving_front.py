@@ -25,14 +25,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def nowhere() -> str:
+    """An address with no server behind it."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def unix_path(request, tmp_path):
+    """Where a stand-in upstream listens: a Unix socket as ``serve`` runs MMS, or loopback TCP
+    (its fallback) for None."""
+    return str(tmp_path / "mms.sock") if request.param == "unix" else None
+
+
 class RawUpstream:
     """An asyncio TCP server answering each connection's first request with ``answer``. Then
     ``close_after``: it closes the connection; else it keeps it open and drops the connection
     when the next request arrives on it, unanswered - a keep-alive connection the server timed out
     just as the client reused it (the client only learns it is stale by sending on it)."""
 
-    def __init__(self, answer: bytes, close_after: bool = True):
-        self.answer, self.close_after = answer, close_after
+    def __init__(self, answer: bytes, close_after: bool = True, unix_path: str | None = None):
+        self.answer, self.close_after, self.unix_path = answer, close_after, unix_path
         self.connections = 0
         self.requests = 0
 
@@ -64,8 +76,12 @@ class RawUpstream:
             writer.close()
 
     async def __aenter__(self):
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
+        if self.unix_path:  # as serve runs MMS (imgclf.serving.server.mms_addresses)
+            self.server = await asyncio.start_unix_server(self.handle, self.unix_path)
+            self.address = f"unix:{self.unix_path}"
+        else:
+            self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+            self.address = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
         return self
 
     async def __aexit__(self, *exc):
@@ -76,10 +92,11 @@ OK = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\
       b"Connection: keep-alive\r\n\r\n{\"ok\": true}")
 
 
-async def with_front(upstream_port: int, fn, ready: bool = True, management_port: int = 0, **kw):
-    front = Front(f"http://127.0.0.1:{upstream_port}",
-                  f"http://127.0.0.1:{management_port or free_port()}",
-                  kw.pop("max_body", MB), workers=2, timeout_s=5, **kw)
+async def with_front(upstream: str, fn, ready: bool = True, management: str = "", **kw):
+    """A front with MMS's APIs at ``upstream`` and ``management`` (unix:/path or http://...;
+    nothing listening there by default), running ``fn`` (:func:`serve_front`)."""
+    front = Front(upstream, management or nowhere(), kw.pop("max_body", MB), workers=2,
+                  timeout_s=5, **kw)
     front.ready = ready
     return await serve_front(front, fn)
 
@@ -101,14 +118,14 @@ async def post(client, url, body=b"x" * 10, **kw):
         return r.status, await r.text()
 
 
-def test_stale_upstream_connection_is_retried_once():
+def test_stale_upstream_connection_is_retried_once(unix_path):
     async def main():
-        async with RawUpstream(OK, close_after=False) as up:
+        async with RawUpstream(OK, close_after=False, unix_path=unix_path) as up:
             async def calls(client, url):
                 first = await post(client, url)
                 second = await post(client, url)  # the pooled upstream connection drops it
                 return first, second
-            first, second = await with_front(up.port, calls)
+            first, second = await with_front(up.address, calls)
             return first, second, up.connections, up.requests
     first, second, connections, requests = asyncio.run(main())
     assert first == (200, '{"ok": true}') and second == (200, '{"ok": true}')
@@ -117,21 +134,23 @@ def test_stale_upstream_connection_is_retried_once():
 
 @pytest.mark.parametrize("answer", [b"HTTP/1.1 abc OK\r\n\r\n", b"garbage\r\n\r\n",
                                     b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"])
-def test_unparseable_upstream_answer_is_a_502_json(answer):
+def test_unparseable_upstream_answer_is_a_502_json(answer, unix_path):
     async def main():
-        async with RawUpstream(answer, close_after=True) as up:
-            return await with_front(up.port, post)
+        async with RawUpstream(answer, close_after=True, unix_path=unix_path) as up:
+            return await with_front(up.address, post)
     status, text = asyncio.run(main())
     assert status == 502 and json.loads(text) == {"error": json.loads(text)["error"], "status": 502}
 
 
-def test_no_upstream_is_a_502_json_and_the_front_keeps_serving():
+def test_no_upstream_is_a_502_json_and_the_front_keeps_serving(unix_path):
     async def calls(client, url):
         out = [await post(client, url)]
         async with client.get(url + "/execution-parameters") as r:
             out.append((r.status, await r.json()))
         return out
-    (status, text), (ep_status, doc) = asyncio.run(with_front(free_port(), calls))
+    # no socket file / no listener
+    upstream = f"unix:{unix_path}" if unix_path else nowhere()
+    (status, text), (ep_status, doc) = asyncio.run(with_front(upstream, calls))
     assert status == 502 and json.loads(text)["status"] == 502
     assert ep_status == 200 and doc["MaxConcurrentTransforms"] == 2
 
@@ -145,7 +164,7 @@ def test_not_ready_is_503_and_unknown_paths_404():
             c = r.status, await r.json()
         return a, b, c
     (a_status, a_text), (b_status, b_doc), (c_status, c_doc) = asyncio.run(
-        with_front(free_port(), calls, ready=False))
+        with_front(nowhere(), calls, ready=False))
     assert a_status == 503 and "loading" in json.loads(a_text)["error"]
     assert b_status == 503 and b_doc["status"] == "Starting"
     assert c_status == 404 and c_doc["status"] == 404  # MMS's management routes are not public
@@ -161,7 +180,7 @@ def test_head_answers_like_get_and_a_known_path_with_another_method_is_405():
             async with client.request(method, url + path) as r:
                 out[method, path] = r.status, r.headers.get("Allow"), await r.read()
         return out
-    out = asyncio.run(with_front(free_port(), calls, ready=False))
+    out = asyncio.run(with_front(nowhere(), calls, ready=False))
     for path in ("/ping", "/execution-parameters"):  # GET's status, no body
         status, _, body = out["GET", path]
         assert body and out["HEAD", path] == (status, None, b""), path
@@ -189,7 +208,7 @@ def test_execution_parameters_normal_and_batch_mode(monkeypatch, env, expect):
         monkeypatch.setenv(k, v)
     s = ServerSettings.from_env()
     assert s.timeout_s == (600 if env.get("SAGEMAKER_BATCH") else 60)
-    front = Front.from_settings(s, 3, free_port(), free_port())
+    front = Front.from_settings(s, 3, nowhere(), nowhere())
 
     async def call(client, url):
         async with client.get(url + "/execution-parameters") as r:
@@ -214,7 +233,7 @@ def test_ping_needs_ready_workers_in_mms_and_live_worker_processes():
 
     async def main(live: int):
         async with RawUpstream(answer, close_after=True) as management:
-            return await with_front(free_port(), ping, management_port=management.port,
+            return await with_front(nowhere(), ping, management=management.address,
                                     live_workers=lambda: live)
     assert asyncio.run(main(1)) == (200, {"status": "Healthy", "workers": 1})
     assert asyncio.run(main(0)) == (503, {"status": "Unhealthy", "workers": 0})
@@ -275,7 +294,7 @@ class BundleUpstream:
 
 def batching_front(up: BundleUpstream, workers: int = 1, delay_ms: float = 50,
                    max_batch: int = 8, max_body: int = MB) -> Front:
-    front = Front(f"http://127.0.0.1:{up.port}", f"http://127.0.0.1:{free_port()}", max_body,
+    front = Front(f"http://127.0.0.1:{up.port}", nowhere(), max_body,
                   workers=workers, timeout_s=10, max_batch_size=max_batch,
                   max_batch_delay_ms=delay_ms, bundle_token=TOKEN)
     front.ready = True

@@ -433,7 +433,8 @@ def test_mms_properties_honour_sagemaker_env(monkeypatch, tmp_path):
     assert (s.model_dir, s.port, s.workers) == (str(tmp_path), 9999, 5)
     plan = plan_workers(s.workers, 1, 2, [], 8 * GB)
     props = dict(line.split("=", 1) for line in
-                 server.mms_properties(1234, 1235, plan, s).splitlines())
+                 server.mms_properties("unix:/run/i.sock", "unix:/run/m.sock", plan,
+                                       s).splitlines())
     assert props["default_response_timeout_seconds"] == "17"  # not MMS's minutes key
     assert "default_response_timeout" not in props
     # MMS takes the largest bundle the front sends: bodies up to the payload limit together,
@@ -442,9 +443,35 @@ def test_mms_properties_honour_sagemaker_env(monkeypatch, tmp_path):
     worst = bundle.encode([({"headers": {"X-H": head}}, b"\xff" * (3 * 2**20 // n))] * n)
     assert len(worst) <= int(props["max_request_size"]) < 3 * 2**20 + 3 * n * MAX_HEAD
     assert props["default_workers_per_model"] == "5"
-    assert props["inference_address"] == "http://127.0.0.1:1234"
+    assert props["inference_address"] == "unix:/run/i.sock"
+    assert props["management_address"] == "unix:/run/m.sock"
     assert props["default_service_handler"] == "imgclf.serving.handler_service"
     assert server.free_port() <= server.MMS_MAX_PORT
+
+
+def test_mms_listens_on_unix_sockets_in_the_run_dir_and_a_stale_one_is_removed(tmp_path):
+    stale = tmp_path / "mms-inference.sock"
+    stale.write_bytes(b"")  # a SIGKILLed server's socket: MMS could not bind over it
+    inference, management = server.mms_addresses(str(tmp_path), env={})
+    assert inference == f"unix:{stale}" and management == f"unix:{tmp_path}/mms-management.sock"
+    assert not stale.exists()
+
+
+def test_mms_falls_back_to_loopback_ports_in_the_safe_range_without_native_io(tmp_path):
+    lo, hi = 20000, 20999
+    addresses = server.mms_addresses(str(tmp_path), (lo, hi), env={"MMS_USE_NATIVE_IO": "False"})
+    ports = [int(a.rsplit(":", 1)[1]) for a in addresses]
+    assert all(a.startswith("http://127.0.0.1:") for a in addresses)
+    assert ports[0] != ports[1] and all(lo <= p <= hi for p in ports)
+
+
+def test_a_run_dir_too_long_for_its_sockets_is_refused_by_name(tmp_path):
+    room = server.SOCKET_PATH_MAX - len("/mms-management.sock")
+    fits = "/" + "d" * (room - 1)
+    server.check_run_dir(fits, "IMGCLF_SERVE_RUN_DIR")
+    with pytest.raises(ValueError, match="IMGCLF_SERVE_RUN_DIR '/ddd.*' is too long for the Unix "
+                                         f"sockets .* at most {room} bytes"):
+        server.check_run_dir(fits + "d", "IMGCLF_SERVE_RUN_DIR")
 
 
 def test_a_bad_pixel_limit_is_refused_by_name(monkeypatch):

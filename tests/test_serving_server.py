@@ -483,6 +483,27 @@ def test_bad_setting_read_by_the_workers_is_refused_before_mms_starts(tmp_path):
     assert "Model server started" not in r.stdout
 
 
+@pytest.mark.parametrize("name", ["IMGCLF_SERVE_RUN_DIR", "TMPDIR"])
+def test_a_run_dir_too_long_for_mms_sockets_is_refused_before_mms_starts(model_dir, tmp_path,
+                                                                          name):
+    """The workers' and MMS's Unix sockets live in the run dir: one too deep for ``sun_path``
+    stops ``serve`` with one line (before, the workers could not bind and MMS's registration
+    failed a minute later with a 500)."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    env = serve_env(model_dir, free_port())
+    env.pop("IMGCLF_SERVE_RUN_DIR", None)
+    env[name] = str(deep)
+    r = subprocess.run([sys.executable, "-m", "imgclf.serving.server"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 2
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("bad serving configuration: ") and "is too long for the Unix " in line
+    assert name in line
+    assert "Model server started" not in r.stdout
+    assert list(deep.iterdir()) == []  # no temp dir left behind
+
+
 def test_missing_artifact_exits_nonzero_with_clear_message(tmp_path):
     r = run_serve(tmp_path / "nothing-here", tmp_path)
     assert r.returncode == 2

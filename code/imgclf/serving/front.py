@@ -1,4 +1,4 @@
-"""The HTTP front on the public port (aiohttp server + aiohttp client to MMS on loopback).
+"""The HTTP front on the public port (aiohttp server + aiohttp client to MMS behind it).
 
 MMS answers its own ``/ping`` with 200 as soon as its port is bound - before any worker has
 loaded the model, and even when every worker is dead. SageMaker only reads the status code, so
@@ -29,9 +29,10 @@ first second and:
   many requests as were in the front then (the clients just answered sending their next ones);
   a request that finds the server idle is never delayed (:meth:`Front._wait_s`). One job more
   than the workers (``PREFETCH_JOBS``) may wait in MMS's queue;
-- forwards to MMS with a fresh body framing (Content-Length), hop-by-hop headers dropped; an
-  upstream keep-alive connection that went stale while idle is retried once on a new one;
-  anything unparseable from upstream is a 502 JSON;
+- forwards to MMS (on a Unix socket, :class:`Upstream`) with a fresh body framing
+  (Content-Length), hop-by-hop headers dropped; an upstream keep-alive connection that went
+  stale while idle is retried once on a new one; anything unparseable from upstream is a 502
+  JSON;
 - on :meth:`Front.stop` stops accepting, lets requests in flight finish for a grace period,
   then returns (the server stops MMS after that).
 """
@@ -103,6 +104,43 @@ class _Pending:
         return bundle.part_bytes(self.meta, self.body)
 
 
+class Upstream:
+    """One of MMS's two APIs, at ``http://host:port`` (TCP) or ``unix:/path`` (a Unix socket,
+    MMS's ``Connector`` syntax), with its own keep-alive session."""
+
+    def __init__(self, address: str):
+        self.address = address.rstrip("/")
+        unix = self.address.startswith("unix:")
+        self.socket_path = self.address[len("unix:"):] if unix else None
+        self._session: aiohttp.ClientSession | None = None
+
+    def url(self, path: str) -> yarl.URL:
+        """``path`` (already encoded, with its query if any) on this API."""
+        return yarl.URL(("http://localhost" if self.socket_path else self.address) + path,
+                        encoded=True)
+
+    def get(self, path: str, **kw):
+        return self.session.get(self.url(path), **kw)
+
+    def post(self, path: str, **kw):
+        return self.session.post(self.url(path), **kw)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            kw = dict(limit=0, keepalive_timeout=30)
+            connector = (aiohttp.UnixConnector(self.socket_path, **kw) if self.socket_path
+                         else aiohttp.TCPConnector(**kw))
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
 class JsonErrorHandler(web.RequestHandler):
     """aiohttp's connection handler with its parse errors (the 400s for bad framing) answered as
     short JSON like every other error here, instead of text that quotes the client's bytes."""
@@ -128,8 +166,8 @@ class Front:
                  timeout_s: float, body_timeout_s: float = 30, model_name: str = MODEL_NAME,
                  live_workers=None, max_batch_size: int = 1, max_batch_delay_ms: float = 0,
                  bundle_token: str = ""):
-        self.inference = inference.rstrip("/")  # http://127.0.0.1:PORT of MMS
-        self.management = management.rstrip("/")
+        self.inference = Upstream(inference)  # MMS's: unix:/path or http://127.0.0.1:PORT
+        self.management = Upstream(management)
         self.max_body = max_body
         self.workers = workers
         self.timeout_s = timeout_s
@@ -139,7 +177,6 @@ class Front:
         self.live_workers = live_workers
         self.ready = False
         self.in_flight = 0
-        self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self.grace_s = 30.0
@@ -157,28 +194,21 @@ class Front:
         self._routes: dict[str, list[str]] = {}  # path -> methods, filled by app()
 
     @classmethod
-    def from_settings(cls, s, workers: int, inference_port: int, management_port: int,
+    def from_settings(cls, s, workers: int, inference: str, management: str,
                       live_workers=None, bundle_token: str = "") -> "Front":
-        """The front ``serve`` runs (``s``: :class:`imgclf.serving.settings.ServerSettings`)."""
-        return cls(f"http://127.0.0.1:{inference_port}", f"http://127.0.0.1:{management_port}",
+        """The front ``serve`` runs (``s``: :class:`imgclf.serving.settings.ServerSettings`;
+        ``inference``, ``management``: MMS's addresses, ``unix:/path`` or ``http://host:port``)."""
+        return cls(inference, management,
                    s.max_payload_bytes, workers, s.timeout_s, s.body_timeout_s,
                    live_workers=live_workers, max_batch_size=s.max_batch_size,
                    max_batch_delay_ms=s.max_batch_delay_ms, bundle_token=bundle_token)
 
     # ------------------------------------------------------------------------- upstream
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-                auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
-        return self._session
-
     async def worker_states(self) -> list[dict]:
         """MMS's workers of the model, ``[{"id", "status", ...}]``; [] when unknown."""
-        url = f"{self.management}/models/{self.model_name}"
+        timeout = aiohttp.ClientTimeout(total=PING_TIMEOUT_S)
         try:
-            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=PING_TIMEOUT_S)) as r:
+            async with self.management.get(f"/models/{self.model_name}", timeout=timeout) as r:
                 if r.status != 200:
                     return []
                 doc = await r.json(content_type=None)
@@ -195,10 +225,10 @@ class Front:
         """One real prediction through MMS. MMS lists a worker READY as soon as its socket
         connects, before the model load it sent has returned (measured: 6.7 s early), and a worker
         still loading takes no requests: a 200 here means a worker has the model loaded."""
-        url = f"{self.inference}/predictions/{self.model_name}"
         try:
-            async with self.session.post(url, data=body, headers={"Content-Type": content_type},
-                                         timeout=aiohttp.ClientTimeout(total=5)) as r:
+            async with self.inference.post(f"/predictions/{self.model_name}", data=body,
+                                           headers={"Content-Type": content_type},
+                                           timeout=aiohttp.ClientTimeout(total=5)) as r:
                 await r.read()
                 return r.status == 200
         except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -211,8 +241,8 @@ class Front:
         params = {"url": model_url, "model_name": self.model_name, "initial_workers": str(workers),
                   "batch_size": "1", "synchronous": "false",
                   "response_timeout": str(int(self.timeout_s))}
-        async with self.session.post(f"{self.management}/models", params=params,
-                                     timeout=aiohttp.ClientTimeout(total=60)) as r:
+        async with self.management.post("/models", params=params,
+                                        timeout=aiohttp.ClientTimeout(total=60)) as r:
             text = await r.text()
             if r.status >= 300:
                 raise RuntimeError(f"MMS refused the model registration: {r.status} {text[:300]}")
@@ -223,13 +253,12 @@ class Front:
         of our own (502/504 JSON) when MMS can't be reached or answers nonsense."""
         # MMS only routes /invocations to a model named at its start; ours is registered through
         # the management API, so requests go to its predictions API
-        url = yarl.URL(f"{self.inference}/predictions/{self.model_name}"
-                       + (f"?{query}" if query else ""), encoded=True)
+        path = f"/predictions/{self.model_name}" + (f"?{query}" if query else "")
         timeout = aiohttp.ClientTimeout(total=self.timeout_s + 10)
         for attempt in (1, 2):
             try:
-                async with self.session.post(url, headers=headers, data=body, timeout=timeout,
-                                             allow_redirects=False) as r:
+                async with self.inference.post(path, headers=headers, data=body, timeout=timeout,
+                                               allow_redirects=False) as r:
                     data = await r.read()
                     return r.status, [(k, v) for k, v in r.headers.items()
                                       if k.lower() not in HOP_BY_HOP], data
@@ -490,6 +519,6 @@ class Front:
                         self.grace_s)
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
+        await self.inference.close()
+        await self.management.close()
         log.info("front stopped after %.1f s of draining", loop.time() - t0)
