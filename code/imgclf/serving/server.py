@@ -61,8 +61,9 @@ STOP_GRACE_S = 10
 # ----------------------------------------------------------------------------------- MMS
 MMS_MAX_PORT = 32767  # MMS rejects higher port numbers ("Invalid port number")
 SOCKET_PATH_MAX = 107  # bytes of a Unix socket path: sun_path is 108 with its NUL (Linux)
-# the longest name of a socket in the run dir (the workers' .mms.sock.9000 and up are shorter)
-LONGEST_SOCKET = "mms-management.sock"
+# MMS's inference and management sockets in the run dir (the workers' .mms.sock.9000 and up,
+# there too, are shorter)
+MMS_SOCKETS = ("mms-inference.sock", "mms-management.sock")
 
 
 def free_port(host: str = "127.0.0.1", port_range: tuple[int, int] | None = None) -> int:
@@ -85,7 +86,7 @@ def check_run_dir(run_dir: str, what: str) -> None:
     """ValueError naming where the run dir came from (``what``) when the sockets MMS and its
     workers listen on there would not fit in ``sun_path`` (the workers could not bind: "AF_UNIX
     path too long", and MMS's model registration failed a minute later with a 500)."""
-    room = SOCKET_PATH_MAX - len(os.sep + LONGEST_SOCKET)
+    room = SOCKET_PATH_MAX - len(os.sep) - max(map(len, MMS_SOCKETS))
     if len(os.fsencode(os.path.abspath(run_dir))) > room:
         raise ValueError(f"{what} {run_dir!r} is too long for the Unix sockets MMS and its workers "
                          f"listen on there: at most {room} bytes")
@@ -104,8 +105,7 @@ def mms_addresses(run_dir: str, port_range: tuple[int, int] | None = None,
     host can reach MMS past the front's checks."""
     env = os.environ if env is None else env
     if env.get("MMS_USE_NATIVE_IO", "true").strip().lower() != "false":
-        paths = [os.path.join(os.path.abspath(run_dir), f"mms-{api}.sock")
-                 for api in ("inference", "management")]
+        paths = [os.path.join(os.path.abspath(run_dir), name) for name in MMS_SOCKETS]
         for path in paths:  # left by a server killed with SIGKILL: MMS cannot bind over it
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -353,6 +353,13 @@ async def run(s: ServerSettings, plan: WorkerPlan, run_dir: str) -> int:
     return rc
 
 
+def _refuse(message: str) -> int:
+    """Exit status 2 with ``message``: in the log, and as the one line on stderr."""
+    log.error(message)
+    print(message, file=sys.stderr, flush=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format="%(asctime)s [%(levelname)s] %(name)s - %(message)s", force=True)
@@ -363,28 +370,21 @@ def main(argv: list[str] | None = None) -> int:
         if s.run_dir:
             check_run_dir(s.run_dir, "IMGCLF_SERVE_RUN_DIR")
     except ValueError as e:
-        log.error("bad serving configuration: %s", e)
-        print(f"bad serving configuration: {e}", file=sys.stderr, flush=True)
-        return 2
+        return _refuse(f"bad serving configuration: {e}")
     try:
         model_bytes = preflight(s.model_dir)
     except Exception as e:  # ArtifactError, ModelError, OSError, torch errors...
-        msg = f"cannot serve the model in {s.model_dir!r}: {type(e).__name__}: {e}"
-        log.error(msg)
-        print(msg, file=sys.stderr, flush=True)
-        return 2
+        return _refuse(f"cannot serve the model in {s.model_dir!r}: {type(e).__name__}: {e}")
     plan = plan_workers(s.workers, model_bytes, resources.cpu_count(), resources.visible_gpus(),
                         psutil.virtual_memory().total)
     run_dir = s.run_dir or tempfile.mkdtemp(prefix="imgclf-serve-")
     os.makedirs(run_dir, exist_ok=True)
-    try:
-        if not s.run_dir:
+    if not s.run_dir:
+        try:
             check_run_dir(run_dir, "the temp dir under TMPDIR")
-    except ValueError as e:
-        os.rmdir(run_dir)
-        log.error("bad serving configuration: %s", e)
-        print(f"bad serving configuration: {e}", file=sys.stderr, flush=True)
-        return 2
+        except ValueError as e:
+            os.rmdir(run_dir)
+            return _refuse(f"bad serving configuration: {e}")
     try:
         return asyncio.run(run(s, plan, run_dir))
     except OSError as e:  # e.g. the port is taken
