@@ -5,8 +5,11 @@ The framing corpus and draining against the real MMS are in test_serving_server.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import logging
 import socket
+import zlib
 
 import aiohttp
 import pytest
@@ -401,3 +404,158 @@ def test_a_failed_bundle_fails_each_of_its_requests_with_the_model_servers_answe
     results = asyncio.run(main())
     assert [s for s, _, _ in results] == [503] * 5
     assert all(doc["message"] == "Worker died." for _, _, doc in results)
+
+
+
+# --------------------------------------------------------------------- heads, codings, idling
+async def raw_request(url: str, data: bytes, wait_s: float = 5) -> bytes:
+    """``data`` sent on a new connection: all the front answers until it closes it."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), wait_s)
+    finally:
+        writer.close()
+
+
+def invocation(*headers: str, body: bytes = b"") -> bytes:
+    return ("POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            + "".join(h + "\r\n" for h in headers)
+            + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+HEAD_REFUSALS = {  # name: (request, status)
+    "options_asterisk": (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    "connect_authority": (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n", 404),
+    "expect_unknown": (invocation("Expect: 200-ok", body=b"abc"), 417),
+    "expect_unknown_on_ping": (b"GET /ping HTTP/1.1\r\nHost: x\r\nExpect: x\r\n\r\n", 417),
+    "coding_unknown": (invocation("Content-Encoding: foo", body=b"abc"), 415),
+    "coding_br_no_library": (invocation("Content-Encoding: br", body=b"abc"), 415),
+    "coding_list": (invocation("Content-Encoding: gzip, gzip",
+                               body=gzip.compress(gzip.compress(b"abc"))), 415),
+    "coding_twice": (invocation("Content-Encoding: gzip", "Content-Encoding: gzip",
+                                body=gzip.compress(gzip.compress(b"abc"))), 415),
+    "gzip_corrupt": (invocation("Content-Encoding: gzip", body=b"not gzip at all"), 400),
+    "deflate_corrupt": (invocation("Content-Encoding: deflate", body=b"\x00" * 40), 400),
+    "gzip_bomb": (invocation("Content-Encoding: gzip", body=gzip.compress(b"\0" * (2 * MB))),
+                  413),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_REFUSALS))
+def test_refusals_of_aiohttp_and_of_codings_are_json_and_the_front_keeps_serving(name, caplog):
+    data, expected = HEAD_REFUSALS[name]
+
+    async def calls(client, url):
+        raw = await raw_request(url, data)
+        async with client.get(url + "/execution-parameters") as r:
+            return raw, r.status
+
+    with caplog.at_level(logging.INFO):
+        raw, after = asyncio.run(with_front(nowhere(), calls))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == str(expected).encode(), raw[:300]
+    assert b"application/json" in head and json.loads(body)["status"] == expected, raw[:300]
+    assert len(body) < 300 and b"Traceback" not in body
+    if expected == 415:  # RFC 9110 15.5.16: which codings would have been accepted
+        assert b"\r\nAccept-Encoding: deflate, gzip" in head
+    assert after == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+@pytest.mark.parametrize("coding,compress", [("gzip", gzip.compress), ("deflate", zlib.compress),
+                                             ("GZip", gzip.compress), ("identity", bytes)])
+def test_a_compressed_body_reaches_the_model_decoded_without_its_coding(coding, compress):
+    async def main():
+        async with BundleUpstream(forward_s=0) as up:
+            front = Front(f"http://127.0.0.1:{up.port}", nowhere(), MB, workers=1, timeout_s=5)
+            front.ready = True
+
+            async def call(client, url):
+                async with client.post(url + "/invocations", data=compress(b"img-1"), headers={
+                        "Content-Type": "image/jpeg", "Content-Encoding": coding}) as r:
+                    return r.status, await r.json()
+            return await serve_front(front, call), up.jobs
+    (status, doc), jobs = asyncio.run(main())
+    assert (status, doc) == (200, {"echo": "img-1"})
+    assert "content-encoding" not in {k.lower() for k in jobs[0][2]}, jobs[0][2]
+
+
+def test_expect_100_continue_refuses_an_oversized_body_before_it_is_sent():
+    """curl sends ``Expect: 100-continue`` before larger bodies and waits: one over the limit
+    is told 413 at once (no 100 Continue), one within it gets 100 Continue, then its answer."""
+    async def main():
+        async with BundleUpstream(forward_s=0) as up:
+            front = Front(f"http://127.0.0.1:{up.port}", nowhere(), MB, workers=1, timeout_s=5)
+            front.ready = True
+
+            async def calls(client, url):
+                host, port = url.removeprefix("http://").split(":")
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write((
+                    "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                    f"Expect: 100-continue\r\nContent-Length: {MB + 1}\r\n\r\n").encode())
+                # the answer, while the client still holds back its body (aiohttp lingers for
+                # it a while before it closes)
+                big = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg"
+                             b"\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+                interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                writer.write(b"img-2")
+                final = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+                writer.close()
+                return big, interim, final
+            return await serve_front(front, calls)
+    big, interim, final = asyncio.run(main())
+    assert big.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in big, big[:200]
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert final.startswith(b"HTTP/1.1 200 ") and final.endswith(b'{"echo": "img-2"}')
+
+
+def test_idle_connections_and_half_sent_heads_are_closed_after_the_keepalive():
+    """aiohttp's handler as built here held both for 3630 s: a client sending half a head kept
+    its connection (and a slot in SageMaker's pool of them) for an hour."""
+    async def main():
+        front = Front(nowhere(), nowhere(), MB, workers=1, timeout_s=5)
+        front.keepalive_s = 0.5
+
+        async def calls(client, url):
+            loop = asyncio.get_running_loop()
+            out = {}
+            for name, data in [("idle", b""), ("half_head", b"POST /invocations HTTP/1.1\r\nHo"),
+                               ("after_a_request", b"GET /execution-parameters HTTP/1.1\r\n"
+                                                   b"Host: x\r\n\r\nGET /exec")]:
+                t0 = loop.time()
+                out[name] = await raw_request(url, data), loop.time() - t0
+            return out
+        return await serve_front(front, calls)
+    out = asyncio.run(main())
+    assert out["idle"][0] == b"" and out["half_head"][0] == b""
+    answered, _ = out["after_a_request"]
+    assert answered.startswith(b"HTTP/1.1 200 ") and answered.count(b"HTTP/1.1") == 1
+    for name, (_, waited) in out.items():
+        assert 0.4 < waited < 3, (name, waited)  # closed by the keep-alive, not the 5 s wait
+
+
+def test_a_client_gone_mid_body_is_logged_without_a_traceback_and_the_front_keeps_serving(
+        caplog):
+    async def calls(client, url):
+        host, port = url.removeprefix("http://").split(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 1000\r\n\r\nabc")  # 3 bytes of 1000
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.transport.abort()
+        await asyncio.sleep(0.2)
+        async with client.get(url + "/execution-parameters") as r:
+            return r.status
+
+    with caplog.at_level(logging.INFO):
+        assert asyncio.run(with_front(nowhere(), calls)) == 200
+    assert "closed its connection before its body arrived" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -5,6 +5,7 @@ SIGTERM test runs last and stops it."""
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import json
 import os
@@ -365,6 +366,20 @@ def test_chunked_bodies_and_their_limit(server):
     assert status == 200 and labels(body) == ["green"]
     status, body = chunked(b"\x89PNG" + b"\x00" * (PAYLOAD_MB * 2**20))
     assert status == 413 and json.loads(body)["status"] == 413
+
+
+def test_a_gzip_body_is_predicted_and_a_coding_the_front_cannot_decode_is_415(server):
+    """The front decodes gzip (the payload limit holds for the decoded size) and MMS's worker
+    gets the image without a Content-Encoding it would not undo."""
+    jpeg = encode(color_image("red"))
+    status, _, body = invoke(server.port, gzip.compress(jpeg), "image/jpeg",
+                             **{"Content-Encoding": "gzip"})
+    assert status == 200 and labels(body) == ["red"], body
+    status, _, body = invoke(server.port, gzip.compress(b"\0" * (PAYLOAD_MB * 2**20 + 1)),
+                             "image/jpeg", **{"Content-Encoding": "gzip"})
+    assert status == 413 and json.loads(body)["status"] == 413
+    status, _, body = invoke(server.port, jpeg, "image/jpeg", **{"Content-Encoding": "br"})
+    assert status == 415 and "gzip" in json.loads(body)["error"]
 
 
 def test_keep_alive_connection_serves_many_requests(server):

@@ -18,9 +18,16 @@ first second and:
 - answers 415 / 406 JSON itself for a Content-Type the handler does not read or an ``Accept``
   it cannot produce (:mod:`imgclf.serving.content_types`, the handler's own checks): MMS would
   parse a form body into fields of its own, and the worker would find no body;
-- refuses a body over the payload limit with 413 JSON before reading it (Content-Length), or as
-  soon as a chunked body passes the limit; a body that does not arrive within
-  ``body_timeout_s`` gets 408;
+- refuses a body over the payload limit with 413 JSON before reading it (Content-Length; before
+  ``100 Continue`` when the client waits for one), or as soon as a chunked body passes the
+  limit; a body that does not arrive within ``body_timeout_s`` gets 408;
+- decodes a gzip or deflate body (``Content-Encoding``, aiohttp's parser; the limit holds for
+  the decoded size too) and forwards it decoded; any other coding is a 415 with
+  ``Accept-Encoding``, compressed data that does not decode a 400;
+- closes a keep-alive connection idle for ``KEEPALIVE_S``, and one whose request head has not
+  all arrived by then;
+- answers every refusal, aiohttp's own included (``Expect`` it cannot meet, a request target
+  that is no path such as ``OPTIONS *``), as short JSON;
 - batches ``/invocations``: requests that arrive while every worker is busy wait in a queue,
   and a worker that comes free gets the queue (up to ``max_batch_size`` requests, within MMS's
   request limit in bytes) as ONE MMS job, a bundle (:mod:`imgclf.serving.bundle`), predicted in
@@ -60,6 +67,13 @@ MAX_HEADERS = 100  # aiohttp's parser answers 400 past this many header lines
 MAX_LINE = 8190  # request line and each header field (aiohttp's default, stated here on purpose)
 MAX_HEAD = 64 * 1024  # all header lines together: aiohttp has no such limit (100 x 8 KB passes)
 PING_TIMEOUT_S = 1.5  # SageMaker wants /ping within 2 s, batch transform too
+# an idle keep-alive connection, or one whose request head is still incomplete, is closed after
+# this long (nginx's default; aiohttp's own handler, built here rather than by web.TCPSite,
+# would hold it 3630 s: a client that sent half a head held its connection for an hour)
+KEEPALIVE_S = 75.0
+# request body codings accepted: aiohttp's parser decodes these two (br and zstd only where their
+# libraries are installed, which the image does not), and the model gets the body decoded
+DECODED_ENCODINGS = frozenset({"gzip", "deflate"})
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
     "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Expect"))
@@ -67,8 +81,9 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 # in MMS's queue, so the worker never idles while its last batch's clients send their next
 # requests (measured on 2 CPUs, c=16: README "Batching")
 PREFETCH_JOBS = 1
-# not passed on from clients: hop-by-hop, and the header that marks the front's own bundles
-DROP_HEADERS = HOP_BY_HOP | {bundle.TOKEN_HEADER.lower()}
+# not passed on from clients: hop-by-hop, the header that marks the front's own bundles, and
+# Content-Encoding (what the front forwards is decoded)
+DROP_HEADERS = HOP_BY_HOP | {bundle.TOKEN_HEADER.lower(), "content-encoding"}
 
 
 def json_response(status: int, doc: dict) -> web.Response:
@@ -77,6 +92,14 @@ def json_response(status: int, doc: dict) -> web.Response:
 
 def error(status: int, message: str) -> web.Response:
     return json_response(status, error_doc(status, message))
+
+
+def unsupported_coding(coding: str) -> web.Response:
+    """415 for a request body in a coding the front does not decode (RFC 9110 15.5.16)."""
+    resp = error(415, f"Content-Encoding {coding[:100]!r} is not accepted: send the body as it "
+                      f"is, or compressed with gzip or deflate")
+    resp.headers["Accept-Encoding"] = ", ".join(sorted(DECODED_ENCODINGS))
+    return resp
 
 
 def _error_triple(status: int, message: str) -> tuple[int, list, bytes]:
@@ -145,6 +168,14 @@ class JsonErrorHandler(web.RequestHandler):
     """aiohttp's connection handler with its parse errors (the 400s for bad framing) answered as
     short JSON like every other error here, instead of text that quotes the client's bytes."""
 
+    def log_exception(self, *args, **kw) -> None:
+        # aiohttp reads on past a response to drain the body, and logs the body's own error again
+        # with a traceback: compressed data that does not decode, already answered 400
+        if isinstance(kw.get("exc_info"), web.RequestPayloadError):
+            log.info("body of a refused request still undecodable while draining it: closed")
+            return
+        super().log_exception(*args, **kw)
+
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         if request.writer.output_size > 0:  # as aiohttp: a response is on its way already
@@ -156,6 +187,11 @@ class JsonErrorHandler(web.RequestHandler):
             reason = (message or "bad request").split("\n", 1)[0].split(": b'", 1)[0]
             reason = reason.rstrip(": ")[:200]
             log.info("refused a malformed request from %s: %s", request.remote, reason)
+        if isinstance(exc, aiohttp.http_exceptions.ContentEncodingError):
+            # a coding the parser knows but cannot decode here (br, zstd: no library installed)
+            resp = unsupported_coding(request.headers.get("Content-Encoding", ""))
+            resp.force_close()
+            return resp
         resp = error(status, reason)
         resp.force_close()
         return resp
@@ -180,6 +216,7 @@ class Front:
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self.grace_s = 30.0
+        self.keepalive_s = KEEPALIVE_S
         # batching (see submit): requests waiting, bundles in flight (at most one per worker)
         self.max_batch_size = max_batch_size if bundle_token else 1
         self.max_batch_delay_s = max_batch_delay_ms / 1000
@@ -407,11 +444,22 @@ class Front:
                                    "BatchStrategy": "SINGLE_RECORD",
                                    "MaxPayloadInMB": self.max_body // 2**20})
 
-    async def read_body(self, request: web.Request) -> bytes | web.Response:
-        limit = self.max_body
-        if request.content_length is not None and request.content_length > limit:
+    def refusal(self, request: web.Request) -> web.Response | None:
+        """What ``/invocations`` refuses from the head alone, before reading any of the body: a
+        Content-Length over the limit (413), a Content-Encoding it does not decode (415)."""
+        if request.content_length is not None and request.content_length > self.max_body:
             return error(413, f"body of {request.content_length} bytes is over the limit of "
-                              f"{limit} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+                              f"{self.max_body} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+        # one header, one coding: aiohttp decodes only the last of several headers, and no list
+        codings = request.headers.getall("Content-Encoding", [])
+        if codings and (len(codings) > 1
+                        or codings[0].lower() not in DECODED_ENCODINGS | {"identity"}):
+            return unsupported_coding(", ".join(codings))
+        return None
+
+    async def read_body(self, request: web.Request) -> bytes | web.Response:
+        """The body (decoded, if it came gzip or deflate), or the error that answers it."""
+        limit = self.max_body
         parts, total = [], 0
         try:
             async with asyncio.timeout(self.body_timeout_s):
@@ -425,9 +473,36 @@ class Front:
             return error(408, f"the request body did not arrive within {self.body_timeout_s:g} s")
         except aiohttp.http_exceptions.HttpProcessingError as e:  # bad chunk framing mid-body
             return error(400, f"malformed body: {e.message}")
+        except web.RequestPayloadError as e:  # compressed data that does not decode
+            reason = getattr(e.__cause__, "message", None) or "it does not decode"
+            return error(400, f"malformed body: {reason}")
+        except ConnectionError:  # the client went away mid-body: nobody to answer
+            log.info("client %s closed its connection before its body arrived", request.remote)
+            return error(400, "connection closed before the body arrived")
         return b"".join(parts)
 
+    async def expect(self, request: web.Request) -> web.Response | None:
+        """aiohttp's handling of ``Expect`` (``100 Continue`` on HTTP/1.1, nothing on 1.0), with
+        an expectation it cannot meet answered 417 JSON rather than aiohttp's text."""
+        value = request.headers.get("Expect", "")
+        if value.lower() != "100-continue":
+            return self._closing(error(417, f"cannot meet Expect {value[:100]!r}; only "
+                                            f"100-continue is understood"))
+        if request.version == aiohttp.HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # as aiohttp's own: the response has not started
+        return None
+
+    async def expect_body(self, request: web.Request) -> web.Response | None:
+        """``/invocations``: a body the head alone refuses is refused now, instead of the client
+        being told to send it (curl waits for 100 Continue before larger bodies)."""
+        refused = self.refusal(request)
+        return self._closing(refused) if refused else await self.expect(request)
+
     async def proxy(self, request: web.Request) -> web.StreamResponse:
+        refused = self.refusal(request)
+        if refused:
+            return self._closing(refused)
         body = await self.read_body(request)
         if isinstance(body, web.Response):
             return self._closing(body)
@@ -470,20 +545,28 @@ class Front:
         self.in_flight += 1
         try:
             return await handler(request)
+        except web.HTTPException as e:
+            # aiohttp's own refusals, e.g. 404 for a target that is no path (OPTIONS *,
+            # CONNECT host:443): JSON like every other answer here
+            if e.status < 400:
+                raise
+            return await self.not_found(request) if e.status == 404 else self._closing(
+                error(e.status, e.reason))
         finally:
             self.in_flight -= 1
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.count], client_max_size=self.max_body)
-        app.router.add_get("/ping", self.ping)  # add_get answers HEAD too (no body)
-        app.router.add_get("/execution-parameters", self.execution_parameters)
-        app.router.add_post("/invocations", self.proxy)
+        app.router.add_get("/ping", self.ping, expect_handler=self.expect)  # and HEAD (no body)
+        app.router.add_get("/execution-parameters", self.execution_parameters,
+                           expect_handler=self.expect)
+        app.router.add_post("/invocations", self.proxy, expect_handler=self.expect_body)
         # path -> its methods as registered above (GET before the HEAD that mirrors it), for
         # the 405's Allow and the 404's list; the catch-all below is not one of them
         self._routes = {r.get_info()["path"]: sorted((x.method for x in r),
                                                      key=lambda m: m == "HEAD")
                         for r in app.router.resources()}
-        app.router.add_route("*", "/{tail:.*}", self.not_found)
+        app.router.add_route("*", "/{tail:.*}", self.not_found, expect_handler=self.expect)
         return app
 
     # ---------------------------------------------------------------------- lifecycle
@@ -498,7 +581,8 @@ class Front:
         # manager still tracks every connection, so the runner's shutdown sees them)
         self._listener = await loop.create_server(
             lambda: JsonErrorHandler(manager, loop=loop, access_log=None, max_headers=MAX_HEADERS,
-                                     max_line_size=MAX_LINE, max_field_size=MAX_LINE),
+                                     max_line_size=MAX_LINE, max_field_size=MAX_LINE,
+                                     keepalive_timeout=self.keepalive_s),
             host, port, reuse_address=True)
 
     async def stop(self) -> None:
