@@ -633,3 +633,27 @@ def test_every_hosting_request_uses_values_the_pinned_botocore_knows(aws_env, ca
 def test_is_not_found(code, message, missing):
     exc = ClientError({"Error": {"Code": code, "Message": message}}, "Op")
     assert is_not_found(exc) is missing
+
+
+@pytest.mark.parametrize("mode", [[], ["--async"], ["--as-json"]])
+def test_invoke_refuses_files_that_are_no_image_before_anything_is_sent(aws_env, capsys, mode):
+    """A text file, an empty one, a directory or a typo among good images: exit 2 with one line
+    and no client made (nothing uploaded, nothing invoked) - not a 400 per file, after the
+    others went. A format Pillow identifies from its header (TIFF) and a .json body go."""
+    from PIL import Image
+    (aws_env / "a.jpg").write_bytes(tiny_jpeg())
+    (aws_env / "notes.jpg").write_text("not an image\n")
+    (aws_env / "empty.png").write_bytes(b"")
+    (aws_env / "folder").mkdir()
+    Image.new("RGB", (8, 8)).save(aws_env / "scan.tif")
+    for bad, says in [("notes.jpg", "notes.jpg is not an image"), ("empty.png", "is empty"),
+                      ("folder", "cannot read folder"), ("typo.jpg", "cannot read typo.jpg")]:
+        assert main(["invoke", "a.jpg", bad, *mode, "--endpoint", "ep", *base_args()],
+                    client_factory=_no_clients) == 2, bad
+        assert says in _one_line_usage_error(capsys)
+    assert main(["invoke", "scan.tif", *mode, "--endpoint", "ep", *base_args(), "--dry-run"],
+                client_factory=_no_clients) == 0
+    assert "InvokeEndpoint" in capsys.readouterr().out
+    # what the user says is JSON is sent as is
+    assert main(["invoke", "notes.jpg", "--content-type", "application/json", "--endpoint", "ep",
+                 *base_args(), "--dry-run"], client_factory=_no_clients) == 0

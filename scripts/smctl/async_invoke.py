@@ -87,14 +87,12 @@ def run_async_invoke(args, settings: Settings, api: Api) -> int:
                           "drop --url (local servers answer synchronously)")
     if args.as_json:
         raise ConfigError("--async sends each file as its own request; drop --as-json")
-    if args.top_k < 1:
-        raise ConfigError("--top-k must be >= 1")
     t = args.async_invocation_timeout
     if t is not None and not 1 <= t <= MAX_INVOCATION_TIMEOUT_S:
         raise ConfigError(f"--async-invocation-timeout {t} is out of range",
                           "use 1 to 3600 seconds")
     endpoint = resolve_endpoint(settings, "endpoint to invoke")
-    blobs = []
+    blobs = []  # smctl.invoke.check_inputs has found each readable and an image (or JSON)
     for path in args.images:
         try:
             blobs.append(path.read_bytes())

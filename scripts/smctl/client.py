@@ -51,15 +51,20 @@ _MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"),
           (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
 
 
-def content_type_for(path: Path | str, data: bytes) -> str:
-    """The file's media type: sniffed from its first bytes, else from its name."""
+def sniffed_type(data: bytes) -> str | None:
+    """The image type the first bytes show (JPEG, PNG, GIF, BMP, WebP), else None."""
     for magic, ctype in _MAGIC:
         if data.startswith(magic):
             return ctype
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
+    return None
+
+
+def content_type_for(path: Path | str, data: bytes) -> str:
+    """The file's media type: sniffed from its first bytes, else from its name."""
     guessed, _ = mimetypes.guess_type(Path(path).name)
-    return guessed or "application/x-image"
+    return sniffed_type(data) or guessed or "application/x-image"
 
 
 def invocations_url(url: str) -> str:

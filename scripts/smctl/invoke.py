@@ -21,7 +21,7 @@ from typing import Any
 from smctl import async_invoke
 from smctl.aws import Api
 from smctl.client import (MAX_PAYLOAD_BYTES, EndpointTransport, HttpTransport, InvocationsClient,
-                          TransportError, content_type_for, refused, unreachable)
+                          TransportError, content_type_for, refused, sniffed_type, unreachable)
 from smctl.config import Settings, load_state
 from smctl.errors import ConfigError, EXIT_ERROR, SmctlError
 from smctl.util import print_table
@@ -66,11 +66,40 @@ def _read(path: Path) -> bytes:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
 
 
+def check_inputs(paths: list[Path], content_type: str | None) -> None:
+    """Every file readable and, unless it goes as JSON, an image: anything else is refused
+    (exit 2) before a request is sent or uploaded, instead of a 400 per file from the endpoint.
+    Only the head of each file is read; whether the image decodes is still the server's call."""
+    from PIL import Image, UnidentifiedImageError  # here: the other commands never need Pillow
+
+    as_json = content_type is not None and "json" in content_type.lower()
+    for path in paths:
+        try:
+            with path.open("rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+        if as_json or path.suffix.lower() == ".json" or sniffed_type(head):
+            continue
+        if not head:
+            raise ConfigError(f"{path} is empty", "give image files (JPEG, PNG, ...)")
+        try:
+            with Image.open(path):
+                pass  # the header alone: a format Pillow knows (TIFF, ...)
+        except UnidentifiedImageError:
+            raise ConfigError(f"{path} is not an image (neither a JPEG/PNG/GIF/BMP/WebP "
+                              f"signature nor a format Pillow identifies)",
+                              "give image files, or a .json request body") from None
+        except (OSError, ValueError, Image.DecompressionBombError):
+            pass  # an image that Pillow refuses to open: the server answers for it
+
+
 def run_invoke(args, settings: Settings, api: Api) -> int:
-    if args.async_mode:  # issue 11 (hosting): InvokeEndpointAsync through S3
-        return async_invoke.run_async_invoke(args, settings, api)
     if args.top_k < 1:
         raise ConfigError("--top-k must be >= 1")
+    check_inputs(args.images, args.content_type)
+    if args.async_mode:  # issue 11 (hosting): InvokeEndpointAsync through S3
+        return async_invoke.run_async_invoke(args, settings, api)
     endpoint = None
     if not args.url:
         endpoint = settings.endpoint_name or load_state().get("endpoint")
