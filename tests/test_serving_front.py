@@ -559,3 +559,28 @@ def test_a_client_gone_mid_body_is_logged_without_a_traceback_and_the_front_keep
         assert asyncio.run(with_front(nowhere(), calls)) == 200
     assert "closed its connection before its body arrived" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_each_request_of_a_bundle_gets_the_content_type_its_accept_asked_for():
+    """A 200 is labelled with its own request's negotiated type (JSON Lines or JSON), an error
+    always JSON - within one bundle too."""
+    bodies = [b"bad-3" if i == 3 else f"img-{i}".encode() for i in range(8)]
+
+    async def main():
+        async with BundleUpstream(forward_s=0.3) as up:
+            async def calls(client, url):
+                async def one(i, body):
+                    accept = "application/jsonlines" if i % 2 else "application/json"
+                    async with client.post(url + "/invocations", data=body, headers={
+                            "Content-Type": "image/jpeg", "Accept": accept}) as r:
+                        return r.status, r.headers["Content-Type"]
+                return await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+            return await serve_front(batching_front(up), calls), [n for n, _, _ in up.jobs]
+    results, jobs = asyncio.run(main())
+    assert max(jobs) > 1, jobs  # some went as a bundle
+    for i, (status, ctype) in enumerate(results):
+        if i == 3:
+            assert (status, ctype) == (400, "application/json")
+        else:
+            assert status == 200 and ctype == ("application/jsonlines" if i % 2
+                                               else "application/json"), (i, ctype)

@@ -209,9 +209,26 @@ def test_accept_negotiation():
     assert content_types.negotiate("*/*") == "application/json"
     assert content_types.negotiate("application/*") == "application/json"
     assert content_types.negotiate("text/csv, application/json;q=0.5") == "application/json"
-    for bad in ("text/csv", "image/png", "application/json;q=0"):
+    assert content_types.negotiate("application/jsonlines") == "application/jsonlines"
+    assert content_types.negotiate("application/json;q=0.2, application/jsonlines"
+                                   ) == "application/jsonlines"
+    for bad in ("text/csv", "image/png", "application/json;q=0", "application/x-jsonlines"):
         with pytest.raises(NotAcceptable):
             content_types.negotiate(bad)
+
+
+def test_jsonlines_answers_one_line_per_image_in_request_order(served):
+    """What batch transform with Accept application/jsonlines and AssembleWith=Line joins: each
+    image's entry of the JSON answer, one per line."""
+    order = ["blue", "red", "green"]
+    body = json.dumps({"images": [b64(encode(color_image(n, seed=70 + i)))
+                                  for i, n in enumerate(order)], "topk": 2})
+    prediction = handler.predict_fn(handler.input_fn(body, "application/json"), served)
+    lines, ctype = handler.output_fn(prediction, "application/jsonlines")
+    as_json, _ = handler.output_fn(prediction, "application/json")
+    assert ctype == "application/jsonlines" and lines.endswith("\n")
+    assert [json.loads(line) for line in lines.splitlines()] == json.loads(as_json)["predictions"]
+    assert [json.loads(line)["label"] for line in lines.splitlines()] == order
 
 
 def test_unacceptable_accept_is_406_before_inference(served, model_dir):

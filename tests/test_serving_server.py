@@ -192,6 +192,11 @@ def test_json_batch_and_topk(server):
     status, _, body = invoke(server.port, encode(color_image("red")), "image/jpeg",
                              Accept="application/json")
     assert status == 200 and len(json.loads(body)["predictions"][0]["topk"]) == 3
+    # batch transform's other answer type: one line per image, labelled so
+    status, ctype, body = invoke(server.port, json.dumps({"images": imgs, "topk": 2}),
+                                 "application/json", Accept="application/jsonlines")
+    assert (status, ctype) == (200, "application/jsonlines")
+    assert [json.loads(line)["label"] for line in body.splitlines()] == order
 
 
 @pytest.mark.parametrize("name", sorted(ugly_images()))

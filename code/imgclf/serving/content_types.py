@@ -5,6 +5,9 @@ from __future__ import annotations
 from imgclf.serving.errors import BadRequest, NotAcceptable, UnsupportedMediaType
 
 JSON = "application/json"
+#: one JSON object per line, one line per image: what SageMaker batch transform users ask for
+#: with ``Accept`` (and ``AssembleWith=Line`` to join the records' answers into one file)
+JSONLINES = "application/jsonlines"
 OCTET_STREAM = "application/octet-stream"
 X_IMAGE = "application/x-image"
 JPEG = "image/jpeg"
@@ -13,7 +16,7 @@ PNG = "image/png"
 #: Raw image bodies; the decoder sniffs the real format, so a PNG sent as image/jpeg still works.
 IMAGE_TYPES = (JPEG, PNG, X_IMAGE, OCTET_STREAM)
 REQUEST_TYPES = IMAGE_TYPES + (JSON,)
-RESPONSE_TYPES = (JSON,)
+RESPONSE_TYPES = (JSON, JSONLINES)  # the first answers */* and application/*
 
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 

@@ -115,6 +115,7 @@ class _Pending:
     body: bytes
     query: str
     future: asyncio.Future
+    response_type: str = content_types.JSON  # what its Accept asked for: a 200's Content-Type
 
     # its part head and size in a bundle: worked out only for a request that waits in the queue
     @functools.cached_property
@@ -317,13 +318,13 @@ class Front:
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------------- batching
-    async def submit(self, headers: list[tuple[str, str]], body: bytes, query: str
-                     ) -> web.Response:
+    async def submit(self, headers: list[tuple[str, str]], body: bytes, query: str,
+                     response_type: str = content_types.JSON) -> web.Response:
         """One request for the model: its answer. A request that finds a worker free and no
         company to wait for goes to MMS at once, from the task that received it; others wait in
         the queue for a bundle (:meth:`_dispatch`)."""
         loop = asyncio.get_running_loop()
-        p = _Pending(headers, body, query, loop.create_future())
+        p = _Pending(headers, body, query, loop.create_future(), response_type)
         self._queue.append(p)
         if len(self._queue) == 1 and self._job_free() and self._wait_s(loop.time()) == 0:
             self._queue.popleft()
@@ -394,12 +395,13 @@ class Front:
                 answers = await self._bundle(batch)
             for p, (status, headers, data) in zip(batch, answers):
                 if not p.future.done():
-                    # every answer of the handler is JSON; the workers set no Content-Type (see
-                    # imgclf.serving.transformer on MMS's reply decoder), MMS's own errors are JSON
+                    # the workers set no Content-Type (see imgclf.serving.transformer on MMS's
+                    # reply decoder): a 200 is what the request's Accept asked for, every error
+                    # (the handler's, MMS's own) is JSON
                     headers = [h for h in headers if h[0].lower() != "content-type"]
+                    ctype = p.response_type if status == 200 else content_types.JSON
                     p.future.set_result(web.Response(
-                        status=status, body=data,
-                        headers=[*headers, ("Content-Type", "application/json")]))
+                        status=status, body=data, headers=[*headers, ("Content-Type", ctype)]))
         except Exception as e:  # noqa: BLE001 - never leave a client waiting
             log.exception("batch of %d failed in the front", len(batch))
             for p in batch:
@@ -510,13 +512,14 @@ class Front:
         # fields of its own, and the worker would see no body at all
         try:
             content_types.request_kind(request.headers.get("Content-Type"))
-            content_types.negotiate(request.headers.get("Accept"))
+            response_type = content_types.negotiate(request.headers.get("Accept"))
         except ServingError as e:
             return error(e.status, e.message)
         if not self.ready:
             return error(503, "model workers are still loading; retry when /ping answers 200")
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in DROP_HEADERS]
-        return await self.submit(headers, body, request.raw_path.partition("?")[2])
+        return await self.submit(headers, body, request.raw_path.partition("?")[2],
+                                 response_type)
 
     async def not_found(self, request: web.Request) -> web.Response:
         """404 for an unknown path; 405 with ``Allow`` for a known one asked with another

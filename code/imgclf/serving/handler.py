@@ -21,6 +21,8 @@ Response (``application/json``), one entry per image, in request order::
 
     {"predictions": [{"label": "red", "index": 0, "probability": 0.97,
                       "topk": [{"label": "red", "index": 0, "probability": 0.97}, ...]}]}
+
+or, for ``Accept: application/jsonlines``, each entry on a line of its own.
 """
 
 from __future__ import annotations
@@ -339,7 +341,9 @@ def predict_batch(requests: list[InferenceRequest], served: ServedModel
 
 # --------------------------------------------------------------------------------- output_fn
 def output_fn(prediction: Prediction, accept: str | None, context=None) -> tuple[str, str]:
-    """Serialise per-image top-k; returns ``(body, content_type)``; 406 for an unmet Accept."""
+    """Serialise per-image top-k; returns ``(body, content_type)``; 406 for an unmet Accept.
+    ``application/json``: ``{"predictions": [...]}``; ``application/jsonlines``: each of those
+    entries on a line of its own, in request order."""
     response_type = content_types.negotiate(accept)
     values, indices = prediction.probabilities.topk(prediction.topk, dim=1)
     out = []
@@ -347,4 +351,6 @@ def output_fn(prediction: Prediction, accept: str | None, context=None) -> tuple
         top = [{"label": prediction.classes[i], "index": i, "probability": round(v, 6)}
                for v, i in zip(vals, idxs)]
         out.append({**top[0], "topk": top})
+    if response_type == content_types.JSONLINES:
+        return "".join(json.dumps(p) + "\n" for p in out), response_type
     return json.dumps({"predictions": out}), response_type

@@ -12,8 +12,8 @@ Two toolkit defaults are replaced:
   bad image fails only its own request. Errors are ``{"error": ..., "status": ...}`` without the
   Python traceback the toolkit appends; the traceback goes to the server log instead.
 
-No response header is set per request, not even Content-Type (every body is JSON; the front
-labels it). MMS 1.1.11's Java decoder of a worker's reply reads each request's header map with
+No response header is set per request, not even Content-Type (the front labels each answer:
+a 200 with the type its request's ``Accept`` negotiated, JSON or JSON Lines, an error JSON). MMS 1.1.11's Java decoder of a worker's reply reads each request's header map with
 "what has arrived so far" as the length limit, so a reply split across socket reads inside a
 header map is taken for a corrupt frame and the worker is killed (seen: "Message size exceed
 limit: 19" with a batch of 48, then 500 "Worker died." for the whole batch).
@@ -119,7 +119,7 @@ class ImgclfTransformer(Transformer):
             try:
                 if isinstance(result, Exception):
                     raise result
-                out[i] = (200, "OK", handler.output_fn(result, accept)[0])  # JSON (module doc)
+                out[i] = (200, "OK", handler.output_fn(result, accept)[0])  # JSON or JSON Lines
             except Exception as e:  # noqa: BLE001
                 out[i] = self.failure(e, traceback.format_exc())
         return out
