@@ -33,11 +33,12 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # smctl (standard library parts only)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "code"))  # imgclf.layout: same
+from imgclf.layout import is_image_file  # noqa: E402
 from smctl.local.runner import JobTree, wait_for_ping  # noqa: E402
 
 DEFAULT_URL = os.environ.get("SERVE_URL", "http://127.0.0.1:8080")
 DEFAULT_CHANNELS = ("train", "valid", "test")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def host_names(n: int) -> list[str]:
@@ -89,7 +90,7 @@ def wait(url: str, timeout: float) -> None:
 
 def held_out_images(folder: Path, limit: int) -> list[Path]:
     """Up to `limit` images spread over all classes (round-robin), deterministic."""
-    per_class = [sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    per_class = [sorted(p for p in d.iterdir() if is_image_file(p.name))
                  for d in sorted(folder.iterdir()) if d.is_dir()]
     picked, i = [], 0
     while len(picked) < limit and any(i < len(c) for c in per_class):

@@ -137,6 +137,12 @@ def _write_set(root: Path) -> Path:
     blue.putalpha(alpha)
     blue.save(root / "004.Blue" / "alpha.png")
     (root / "003.Green" / "truncated.jpg").write_bytes(truncated_jpeg())
+    # the other formats torchvision's ImageFolder takes, in any case: each is counted (the
+    # report's check counts every file of a folder)
+    for name, fmt, suffix in [("003.Green", "WEBP", "webp"), ("004.Blue", "BMP", "BMP"),
+                              ("001.Red_a", "TIFF", "tiff"), ("003.Green", "PPM", "ppm")]:
+        color_image(name, size=(40, 40), seed=79, colors=TWIN_COLORS).save(
+            root / name / f"other.{suffix}", fmt)
     return root
 
 

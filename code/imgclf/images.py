@@ -32,8 +32,6 @@ def max_pixels() -> int:
 # own check (a warning over ~89 Mpx) is switched off: it would override IMGCLF_MAX_PIXELS.
 Image.MAX_IMAGE_PIXELS = None
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
 Source = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
 
 
@@ -97,7 +95,3 @@ def decode_image(source: Source, draft_size: int | None = None) -> Image.Image:
         # PIL reports truncated/corrupt files as OSError ("image file is truncated"), and some
         # malformed headers as SyntaxError/ValueError.
         raise ImageDecodeError(f"cannot decode image: {e}") from e
-
-
-def is_image_file(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(name).startswith(".")

@@ -1,14 +1,21 @@
-"""The dogImages folder layout, torch-free: ``SPLIT/NNN.Class_Name/*.jpg``.
+"""The dogImages folder layout, torch- and Pillow-free: ``SPLIT/NNN.Class_Name/*.jpg``.
 
 Shared by training (:mod:`imgclf.data`) and the tools that read labelled folders without torch
-(``smctl evaluate``).
+(``smctl evaluate``, ``smctl data``, ``scripts/local_mode.py``).
 """
 
 from __future__ import annotations
 
 import os
 
-from imgclf.images import is_image_file
+#: the files taken as images, by name: torchvision's ``ImageFolder`` list
+#: (``torchvision.datasets.folder.IMG_EXTENSIONS``), all of which Pillow decodes
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def is_image_file(name: str) -> bool:
+    """An image by its name (any case), not a hidden file (``.DS_Store``, macOS ``._x.jpg``)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(name).startswith(".")
 
 
 def list_images(split_dir: str) -> dict[str, list[str]]:

@@ -153,7 +153,7 @@ def _check(path: Path) -> str | None:
 
 
 def verify(root: Path, workers: int = 2, log=None) -> Report:
-    from imgclf.images import is_image_file
+    from imgclf.layout import is_image_file
     if not root.is_dir():
         raise ConfigError(f"{root} is not a folder")
     splits: list[SplitReport] = []
@@ -290,7 +290,7 @@ def run_fetch(args, settings: Settings, api: Api) -> int:
 
 # -- upload ----------------------------------------------------------------------------------
 def upload_plan(root: Path, exclude: set[Path]) -> list[tuple[Path, str]]:
-    from imgclf.images import is_image_file
+    from imgclf.layout import is_image_file
     files = []
     for f in sorted(root.rglob("*")):
         if f.is_file() and is_image_file(f.name) and f not in exclude:
