@@ -68,8 +68,10 @@ MAX_LINE = 8190  # request line and each header field (aiohttp's default, stated
 MAX_HEAD = 64 * 1024  # all header lines together: aiohttp has no such limit (100 x 8 KB passes)
 PING_TIMEOUT_S = 1.5  # SageMaker wants /ping within 2 s, batch transform too
 # an idle keep-alive connection, or one whose request head is still incomplete, is closed after
-# this long (nginx's default; aiohttp's own handler, built here rather than by web.TCPSite,
-# would hold it 3630 s: a client that sent half a head held its connection for an hour)
+# this long: nginx's default, longer than the 60 s after which load balancers (ALB's default)
+# drop idle connections, so the proxy in front closes first and never reuses one just closed
+# here. aiohttp's own handler, built here rather than by web.TCPSite, would hold it 3630 s: a
+# client that sent half a head held its connection for an hour
 KEEPALIVE_S = 75.0
 # request body codings accepted: aiohttp's parser decodes these two (br and zstd only where their
 # libraries are installed, which the image does not), and the model gets the body decoded
