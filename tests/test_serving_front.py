@@ -459,6 +459,7 @@ def test_refusals_of_aiohttp_and_of_codings_are_json_and_the_front_keeps_serving
     assert head.split(b" ")[1] == str(expected).encode(), raw[:300]
     assert b"application/json" in head and json.loads(body)["status"] == expected, raw[:300]
     assert len(body) < 300 and b"Traceback" not in body
+    assert b"\r\nServer: imgclf\r\n" in head and b"aiohttp" not in head  # no versions named
     if expected == 415:  # RFC 9110 15.5.16: which codings would have been accepted
         assert b"\r\nAccept-Encoding: deflate, gzip" in head
     assert after == 200
@@ -476,6 +477,7 @@ def test_a_compressed_body_reaches_the_model_decoded_without_its_coding(coding, 
             async def call(client, url):
                 async with client.post(url + "/invocations", data=compress(b"img-1"), headers={
                         "Content-Type": "image/jpeg", "Content-Encoding": coding}) as r:
+                    assert r.headers["Server"] == "imgclf"
                     return r.status, await r.json()
             return await serve_front(front, call), up.jobs
     (status, doc), jobs = asyncio.run(main())

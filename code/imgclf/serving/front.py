@@ -67,6 +67,8 @@ MAX_HEADERS = 100  # aiohttp's parser answers 400 past this many header lines
 MAX_LINE = 8190  # request line and each header field (aiohttp's default, stated here on purpose)
 MAX_HEAD = 64 * 1024  # all header lines together: aiohttp has no such limit (100 x 8 KB passes)
 PING_TIMEOUT_S = 1.5  # SageMaker wants /ping within 2 s, batch transform too
+# the Server header of every answer: aiohttp's default names its own and Python's versions
+SERVER = "imgclf"
 # an idle keep-alive connection, or one whose request head is still incomplete, is closed after
 # this long: nginx's default, longer than the 60 s after which load balancers (ALB's default)
 # drop idle connections, so the proxy in front closes first and never reuses one just closed
@@ -94,6 +96,10 @@ def json_response(status: int, doc: dict) -> web.Response:
 
 def error(status: int, message: str) -> web.Response:
     return json_response(status, error_doc(status, message))
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER
 
 
 def unsupported_coding(coding: str) -> web.Response:
@@ -193,9 +199,11 @@ class JsonErrorHandler(web.RequestHandler):
         if isinstance(exc, aiohttp.http_exceptions.ContentEncodingError):
             # a coding the parser knows but cannot decode here (br, zstd: no library installed)
             resp = unsupported_coding(request.headers.get("Content-Encoding", ""))
+            resp.headers["Server"] = SERVER
             resp.force_close()
             return resp
         resp = error(status, reason)
+        resp.headers["Server"] = SERVER  # these bypass the app (and its on_response_prepare)
         resp.force_close()
         return resp
 
@@ -562,6 +570,7 @@ class Front:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.count], client_max_size=self.max_body)
+        app.on_response_prepare.append(_server_header)
         app.router.add_get("/ping", self.ping, expect_handler=self.expect)  # and HEAD (no body)
         app.router.add_get("/execution-parameters", self.execution_parameters,
                            expect_handler=self.expect)
