@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "code"))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+from smctl.local.runner import free_port  # noqa: E402  (stdlib only)
 
 
 def parse_args(argv=None):
@@ -95,10 +96,6 @@ def make_artifact(args, model_dir: str) -> None:
                             resize_size=default_resize_size(args.image_size)))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(conn: http.client.HTTPConnection, body: bytes) -> float:

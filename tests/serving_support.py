@@ -7,7 +7,6 @@ import contextlib
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from PIL import Image
 from imgclf.artifact import ModelMeta, save_artifact
 from imgclf.models import build_model
 from imgclf.transforms import eval_transform, load_uint8, normalize
+from smctl.local.runner import free_port  # noqa: F401  (the one definition; re-exported)
 
 CLASSES = ["red", "green", "blue"]
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -136,11 +136,6 @@ def dimension_bomb_png(width: int = 40000, height: int = 40000) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ import asyncio
 import gzip
 import json
 import logging
-import socket
 import zlib
 
 import aiohttp
@@ -18,14 +17,9 @@ from aiohttp import web
 from imgclf.serving import bundle
 from imgclf.serving.front import Front
 from imgclf.serving.settings import ServerSettings
+from smctl.local.runner import free_port
 
 MB = 2**20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def nowhere() -> str:

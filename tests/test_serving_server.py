@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
+from smctl.local.runner import free_port
 from serving_support import (CLASSES, color_image, dimension_bomb_png, encode, train_color_model,
                              truncated_jpeg, ugly_images)
 
@@ -31,12 +32,6 @@ WORKERS = 2
 PAYLOAD_MB = 1
 BODY_TIMEOUT_S = 8  # the drain test completes half-sent bodies within it
 START_TIMEOUT_S = 240  # shared 2-CPU machine: worker start (torch import + load) can be slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_env(model_dir: str, port: int, run_dir: str | None = None, **extra) -> dict:

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -21,6 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from smctl.local.runner import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = os.environ.get("DOCKER") or shutil.which("docker", path="/usr/bin") or shutil.which("docker")
@@ -44,12 +45,6 @@ def _docker_ok() -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _docker(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=300, **kw)
 
@@ -61,7 +56,7 @@ def registry(tmp_path):
                      "(scripts/setup_docker.sh)")
     if not os.path.exists(REGISTRY_BIN):
         _unavailable("docker-registry is not installed: apt-get install docker-registry")
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "registry.yml"
     config.write_text(f"""version: 0.1
 log:

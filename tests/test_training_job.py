@@ -6,7 +6,6 @@ import json
 import re
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -14,18 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+from smctl.local.runner import free_port
 from training_support import CODE_DIR, COLORS, FAST_ARGS, train_cli, write_color_images
 from imgclf.artifact import load_artifact
 from imgclf.metrics import parse_metrics
 from imgclf.transforms import preprocess_batch
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_laptop_run_learns_real_photos_and_keeps_the_best_epoch(fashion_data, tmp_path):
@@ -179,7 +173,7 @@ def test_killed_run_resumes_and_ends_exactly_like_the_uninterrupted_run(tmp_path
 
 def test_ddp_on_two_cpu_processes_with_gloo(tmp_path, color_data):
     r = train_cli(tmp_path, "--data-dir", str(color_data), "--epochs", "2",
-                  "--processes-per-host", "2", "--master-port", str(_free_port()), *FAST_ARGS)
+                  "--processes-per-host", "2", "--master-port", str(free_port()), *FAST_ARGS)
     assert r.returncode == 0, r.stdout[-4000:]
     assert "1 host(s) x 2 process(es)" in r.stdout and "world=2" in r.stdout
     assert "joined process group: rank 0 of 2 (gloo)" in r.stdout
@@ -197,7 +191,7 @@ def test_ddp_error_on_one_rank_ends_both_with_its_reason_without_a_hang(tmp_path
     victim = color_data / "train" / "002.Green" / "002.Green_3.jpg"
     victim.write_bytes(b"\xff\xd8 not a jpeg")
     r = train_cli(tmp_path, "--data-dir", str(color_data), "--epochs", "2", "--processes-per-host",
-                  "2", "--master-port", str(_free_port()), "--max-bad-fraction", "1", *FAST_ARGS,
+                  "2", "--master-port", str(free_port()), "--max-bad-fraction", "1", *FAST_ARGS,
                   "--batch-size", "1", "--image-size", "64", timeout=300)  # 64 px: BN sees 2x2
     assert r.returncode != 0, r.stdout[-3000:]
     failure = (tmp_path / "output" / "failure").read_text()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import local_mode  # noqa: E402,F401  (scripts/local_mode.py, re-exported for the tests)
+from smctl.local.runner import free_port  # noqa: E402,F401  (re-exported for the tests)
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # Debian's client (BuildKit built in) when present, as the Makefile does.
@@ -38,12 +38,6 @@ def run(cmd, check=True, timeout=900, **kw) -> subprocess.CompletedProcess:
 
 def docker(*args, **kw) -> subprocess.CompletedProcess:
     return run([DOCKER, *args], **kw)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def local_env(image: str, **extra) -> dict:
