@@ -143,6 +143,7 @@ def _write_set(root: Path) -> Path:
                               ("001.Red_a", "TIFF", "tiff"), ("003.Green", "PPM", "ppm")]:
         color_image(name, size=(40, 40), seed=79, colors=TWIN_COLORS).save(
             root / name / f"other.{suffix}", fmt)
+    (root / "004.Blue" / "notes.txt").write_text("not an image: skipped, and said so")
     return root
 
 
@@ -168,7 +169,8 @@ def _evaluate(*args) -> tuple[int, float]:
 def _check_twin_report(doc: dict, data: Path) -> None:
     classes = list(TWIN_COLORS)
     assert doc["classes"] == classes
-    folder_counts = {c: sum(1 for _ in (data / c).iterdir()) for c in classes}
+    folder_counts = {c: sum(1 for p in (data / c).iterdir() if p.suffix != ".txt")
+                     for c in classes}
     folder_counts["003.Green"] -= 1  # the truncated file is listed, not counted
     assert doc["unreadable"] == [{"path": "003.Green/truncated.jpg",
                                   "reason": doc["unreadable"][0]["reason"]}]
@@ -191,8 +193,9 @@ def _check_twin_report(doc: dict, data: Path) -> None:
 def test_model_dir_report_on_the_twin_set(twin_model, twin_data, tmp_path, aws_env, capsys):
     rc, secs = _evaluate("--data", twin_data, "--model-dir", twin_model, "--output", tmp_path / "md")
     assert rc == 0
-    out = capsys.readouterr().out
-    assert "macro_f1=" in out and "ece=" in out
+    cap = capsys.readouterr()
+    assert "macro_f1=" in cap.out and "ece=" in cap.out
+    assert "skipped 1 file(s) that are no image by name (.txt 1;" in cap.err
     doc = json.loads((tmp_path / "md" / "evaluation.json").read_text())
     _check_twin_report(doc, twin_data)
     print(f"--model-dir: {doc['n_images'] / secs:.1f} images/s (incl. model load)")

@@ -97,16 +97,28 @@ def test_sm_variables_are_path_defaults(monkeypatch, tmp_path):
 
 # ---- data discovery ---------------------------------------------------------------------------
 
-def test_one_folder_with_validation_alias_and_mixed_case_extensions(tmp_path):
+def test_one_folder_with_validation_alias_and_mixed_case_extensions(tmp_path, caplog):
     write_color_images(tmp_path, COLORS, {"train": 2, "test": 1}, size=8, ext=".JPG")
     write_color_images(tmp_path / "x", COLORS, {"validation": 1}, size=8, ext=".Png")
     (tmp_path / "x" / "validation").rename(tmp_path / "validation")
-    (tmp_path / "train" / "001.Red" / "notes.txt").write_text("not an image")
+    red = tmp_path / "train" / "001.Red"
+    (red / "notes.txt").write_text("not an image")
+    for name, fmt in [("a.webp", "WEBP"), ("b.BMP", "BMP"), ("c.tiff", "TIFF"), ("d.gif", "GIF")]:
+        Image.new("RGB", (8, 8), (255, 0, 0)).save(red / name, fmt)
+    (red / ".DS_Store").write_bytes(b"\0")  # hidden: neither an image nor reported
+    (red / "._e.jpg").write_bytes(b"\0")  # macOS's resource fork beside a copied file
     splits = resolve_splits(str(tmp_path), None, None, None)
     assert splits.valid.endswith("validation")
-    classes, samples = build_samples(splits)
+    with caplog.at_level("WARNING", logger="imgclf.data"):
+        classes, samples = build_samples(splits)
     assert classes == sorted(COLORS)
-    assert len(samples["train"]) == 6 and len(samples["valid"]) == 3 and len(samples["test"]) == 3
+    # webp, BMP and TIFF are images (torchvision's ImageFolder list); .gif and .txt are not,
+    # and the log says so rather than training on fewer images without a word
+    assert len(samples["train"]) == 6 + 3 and len(samples["valid"]) == 3
+    assert len(samples["test"]) == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith("train: skipped 2 file(s)"), warned
+    assert ".gif 1" in warned[0] and ".txt 1" in warned[0] and "DS_Store" not in warned[0]
 
 
 def test_a_class_missing_from_valid_is_fine_but_an_extra_one_is_not(tmp_path):

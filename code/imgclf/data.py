@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from imgclf.config import DEFAULT_CROP_SCALE
 from imgclf.failure import TrainingError
 from imgclf.images import ImageDecodeError
-from imgclf.layout import display_name, list_images  # noqa: F401 (display_name: re-exported)
+from imgclf.layout import (IMAGE_NAMES, describe_skipped, display_name,  # noqa: F401
+                           list_images)  # (display_name: re-exported)
 from imgclf.transforms import (default_resize_size, eval_transform, load_uint8,
                                train_transform)
 
@@ -73,13 +75,19 @@ def resolve_splits(data_dir: str | None, train_dir: str | None, valid_dir: str |
 
 def build_samples(splits: Splits) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
     """Class folder names (from train) and (path, label) samples per split, checked."""
-    per_split = {"train": list_images(splits.train), "valid": list_images(splits.valid)}
-    if splits.test:
-        per_split["test"] = list_images(splits.test)
+    per_split = {}
+    for split in ("train", "valid", "test"):
+        folder = getattr(splits, split)
+        if not folder:
+            continue
+        skipped: Counter = Counter()
+        per_split[split] = list_images(folder, skipped)
+        if skipped:  # .gif, .heic, ...: not read, which the image counts alone would not say
+            log.warning("%s: skipped %s", split, describe_skipped(skipped))
     classes = sorted(per_split["train"])
     if not classes:
         raise TrainingError(f"train folder {splits.train!r} holds no class folders with images "
-                            f"(expected NNN.Class_Name/*.jpg|jpeg|png)")
+                            f"(expected NNN.Class_Name/*.{{{IMAGE_NAMES}}})")
     if len(classes) < 2:
         raise TrainingError(f"train folder {splits.train!r} has one class ({classes[0]}); "
                             f"a classifier needs at least 2")

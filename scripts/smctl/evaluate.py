@@ -61,13 +61,18 @@ def default_name(args) -> str:
 
 
 def folder_classes(data: Path) -> dict[str, list[str]]:
-    from imgclf.layout import list_images
+    from collections import Counter
+
+    from imgclf.layout import IMAGE_NAMES, describe_skipped, list_images
     if not data.is_dir():
         raise ConfigError(f"--data {data} is not a folder")
-    found = list_images(str(data))
+    skipped: Counter = Counter()
+    found = list_images(str(data), skipped)
     if not found:
         raise ConfigError(f"--data {data} holds no class folders with images",
-                          "expected DIR/NNN.Class_Name/*.jpg|jpeg|png")
+                          f"expected DIR/NNN.Class_Name/*.{{{IMAGE_NAMES}}}")
+    if skipped:
+        print(f"smctl: skipped {describe_skipped(skipped)} under {data}", file=sys.stderr)
     return found
 
 
