@@ -96,8 +96,6 @@ def make_artifact(args, model_dir: str) -> None:
                             resize_size=default_resize_size(args.image_size)))
 
 
-
-
 def post(conn: http.client.HTTPConnection, body: bytes) -> float:
     t0 = time.perf_counter()
     conn.request("POST", "/invocations", body, {"Content-Type": "image/jpeg"})

@@ -402,10 +402,15 @@ def test_a_failed_bundle_fails_each_of_its_requests_with_the_model_servers_answe
 
 
 # --------------------------------------------------------------------- heads, codings, idling
+async def connect(url: str):
+    """A raw connection to the front at ``url`` (``http://host:port``): ``(reader, writer)``."""
+    host, port = url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
 async def raw_request(url: str, data: bytes, wait_s: float = 5) -> bytes:
     """``data`` sent on a new connection: all the front answers until it closes it."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(url)
     writer.write(data)
     await writer.drain()
     try:
@@ -488,8 +493,7 @@ def test_expect_100_continue_refuses_an_oversized_body_before_it_is_sent():
             front.ready = True
 
             async def calls(client, url):
-                host, port = url.removeprefix("http://").split(":")
-                reader, writer = await asyncio.open_connection(host, int(port))
+                reader, writer = await connect(url)
                 writer.write((
                     "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
                     f"Expect: 100-continue\r\nContent-Length: {MB + 1}\r\n\r\n").encode())
@@ -497,7 +501,7 @@ def test_expect_100_continue_refuses_an_oversized_body_before_it_is_sent():
                 # it a while before it closes)
                 big = await asyncio.wait_for(reader.readuntil(b"}"), 5)
                 writer.close()
-                reader, writer = await asyncio.open_connection(host, int(port))
+                reader, writer = await connect(url)
                 writer.write(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg"
                              b"\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
                 interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -540,8 +544,7 @@ def test_idle_connections_and_half_sent_heads_are_closed_after_the_keepalive():
 def test_a_client_gone_mid_body_is_logged_without_a_traceback_and_the_front_keeps_serving(
         caplog):
     async def calls(client, url):
-        host, port = url.removeprefix("http://").split(":")
-        _, writer = await asyncio.open_connection(host, int(port))
+        _, writer = await connect(url)
         writer.write(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
                      b"Content-Length: 1000\r\n\r\nabc")  # 3 bytes of 1000
         await writer.drain()

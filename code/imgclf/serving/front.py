@@ -199,10 +199,8 @@ class JsonErrorHandler(web.RequestHandler):
         if isinstance(exc, aiohttp.http_exceptions.ContentEncodingError):
             # a coding the parser knows but cannot decode here (br, zstd: no library installed)
             resp = unsupported_coding(request.headers.get("Content-Encoding", ""))
-            resp.headers["Server"] = SERVER
-            resp.force_close()
-            return resp
-        resp = error(status, reason)
+        else:
+            resp = error(status, reason)
         resp.headers["Server"] = SERVER  # these bypass the app (and its on_response_prepare)
         resp.force_close()
         return resp

@@ -13,7 +13,8 @@ Two toolkit defaults are replaced:
   Python traceback the toolkit appends; the traceback goes to the server log instead.
 
 No response header is set per request, not even Content-Type (the front labels each answer:
-a 200 with the type its request's ``Accept`` negotiated, JSON or JSON Lines, an error JSON). MMS 1.1.11's Java decoder of a worker's reply reads each request's header map with
+a 200 with the type its request's ``Accept`` negotiated, JSON or JSON Lines, an error JSON).
+MMS 1.1.11's Java decoder of a worker's reply reads each request's header map with
 "what has arrived so far" as the length limit, so a reply split across socket reads inside a
 header map is taken for a corrupt frame and the worker is killed (seen: "Message size exceed
 limit: 19" with a batch of 48, then 500 "Worker died." for the whole batch).
